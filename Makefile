@@ -1,0 +1,43 @@
+# Two commands for a new user: `make demo` (train then evaluate on built-in data) and `make test`.
+# Each creates .venv on first use. pyproject.toml keeps version ranges; this file pins the
+# torch/torchvision pair known to install and import together on this kind of machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PIN := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+endif
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast zoo benchmark clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev,export]" $(TORCH_PIN)
+	touch $(STAMP)
+
+# The main job. Until training lands it prints the model zoo table.
+demo: $(STAMP)
+	$(PY) tools/model_zoo.py
+
+# Every test, the slow end-to-end ones included (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+# The quick contract tests only.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow"
+
+zoo: $(STAMP)
+	$(PY) tools/model_zoo.py
+
+benchmark: $(STAMP)
+	$(PY) tools/benchmark.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,270 @@
+"""Load checkpoints from paths, URLs or state dicts into this project's models, with a report.
+
+Layouts understood without any conversion step by the user:
+- torchvision and timm ImageNet classifiers (``conv1.weight``, ``layer1.0...``, ``fc``),
+- timm's pre-activation ResNetV2 (``stem.conv``, ``stages.N.blocks.M``, ``head.fc``), renamed to ours,
+- torchvision detection models (``backbone.body.*``, ``backbone.fpn.*``, heads) and this project's
+  detectors, which share that layout,
+- wrappers: ``{"state_dict": ...}`` (Lightning), ``{"model": ...}`` (detectron2, torchvision references),
+  ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes.
+
+The prefix that aligns a checkpoint with a model (``body.`` for an ImageNet checkpoint loaded into a
+backbone, ``backbone.`` stripped for a detection checkpoint loaded into one) is found by matching key
+sets, not by a list of special cases.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LoadReport", "load_weights", "read_state_dict"]
+
+log = logging.getLogger(__name__)
+
+WeightsSource = Union[str, os.PathLike, Mapping[str, object]]
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# DataParallel/DDP wrap models in `module.`, torch.compile in `_orig_mod.`.
+_NOISE = re.compile(r"(^|\.)(?:module|_orig_mod)\.")
+# Counters, not weights: BatchNorm's num_batches_tracked is absent from FrozenBatchNorm2d and irrelevant
+# to outputs, so it never makes a checkpoint "not fit".
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did.
+
+    Attributes:
+        source: a description of the checkpoint (path, URL or "state dict").
+        loaded: model keys that received a tensor.
+        missing: model keys the checkpoint did not provide.
+        unexpected: checkpoint keys (after renaming) the model does not have.
+        converted: (checkpoint key, model key) pairs that were renamed to fit.
+    """
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    converted: List[Tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts, and the first keys of each non-empty list."""
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        if self.converted:
+            parts.append(f"{len(self.converted)} renamed (e.g. {self.converted[0][0]} -> {self.converted[0][1]})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({_first(self.missing)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({_first(self.unexpected)})")
+        return "; ".join(parts)
+
+
+def _first(keys: List[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def read_state_dict(source: WeightsSource) -> Tuple[Dict[str, Tensor], str]:
+    """Read a checkpoint into a flat ``{key: tensor}`` dict.
+
+    Args:
+        source: a local path (``.pth``/``.pt``/``.ckpt``/``.bin`` read with ``torch.load(weights_only=True)``,
+            or ``.safetensors``), an http(s) URL (downloaded once into torch's hub cache), or a mapping.
+
+    Returns:
+        (state dict, description of the source).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the URL cannot be fetched, the file cannot be read, or no tensors are found.
+        TypeError: `source` is of another type.
+    """
+    if isinstance(source, Mapping):
+        return _unwrap(source, "state dict"), "state dict"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"weights must be a path, a URL or a state dict, got {type(source).__name__}")
+    text = os.fspath(source)
+    if _is_url(text):
+        try:
+            raw = torch.hub.load_state_dict_from_url(text, map_location="cpu", weights_only=True, progress=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise ValueError(
+                f"could not download weights from {text} ({exc}). Offline? Download the file elsewhere and "
+                f"pass its local path instead."
+            ) from exc
+        return _unwrap(raw, text), text
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt file or a pickle weights_only refuses: name the file
+        raise ValueError(f"could not read weights file {path}: {exc}") from exc
+    return _unwrap(raw, str(path)), str(path)
+
+
+def _unwrap(raw: object, where: str) -> Dict[str, Tensor]:
+    if isinstance(raw, nn.Module):
+        raw = raw.state_dict()
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), got {type(raw).__name__}")
+    tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
+    if tensors and len(tensors) >= len(raw) / 2:
+        return tensors
+    for key in _WRAPPER_KEYS:
+        if isinstance(raw.get(key), Mapping):
+            return _unwrap(raw[key], f"{where}[{key!r}]")
+    raise ValueError(
+        f"{where}: no tensors found; top-level keys are {sorted(map(str, raw))[:10]} "
+        f"(expected a state dict, or one under {list(_WRAPPER_KEYS)})"
+    )
+
+
+def _rename_timm_resnetv2(key: str) -> str:
+    """timm ResNetV2 (pre-activation) names -> this project's torchvision-style names."""
+    match = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
+    if match:
+        stage, block, rest = match.groups()
+        rest = re.sub(r"^norm(\d)\.", r"bn\1.", rest)
+        rest = rest.replace("downsample.conv.", "downsample.0.")
+        return f"layer{int(stage) + 1}.{block}.{rest}"
+    if key.startswith("stem.conv."):
+        return "conv1." + key[len("stem.conv."):]
+    if key.startswith("head.fc."):
+        return "fc." + key[len("head.fc."):]
+    return key
+
+
+def _prefixes(keys, depth: int = 3) -> List[str]:
+    found = {""}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, min(depth, len(parts) - 1) + 1):
+            found.add(".".join(parts[:n]) + ".")
+    return sorted(found, key=len)
+
+
+def _count(keys, strip: str, add: str, model_keys: set) -> int:
+    return sum(1 for k in keys if k.startswith(strip) and add + k[len(strip):] in model_keys)
+
+
+def _align(source_keys: List[str], model_keys: set) -> Tuple[str, str]:
+    """The (prefix to strip, prefix to add) that maps the most checkpoint keys onto model keys."""
+    model_by_add = {
+        add: {k[len(add):] for k in model_keys if k.startswith(add)} for add in _prefixes(model_keys)
+    }
+    best, best_count = ("", ""), -1
+    for strip in _prefixes(source_keys):
+        stripped = {k[len(strip):] for k in source_keys if k.startswith(strip)}
+        for add, suffixes in model_by_add.items():
+            count = len(stripped & suffixes)
+            # Prefixes come shortest first and ties keep the earlier pair: no renaming unless it helps.
+            if count > best_count:
+                best, best_count = (strip, add), count
+    return best
+
+
+def load_weights(model: nn.Module, source: WeightsSource, *, strict: bool = True) -> LoadReport:
+    """Load a checkpoint into `model`, renaming keys where a known layout needs it.
+
+    Args:
+        model: any module of this project (a ResNet, a backbone, a detector) or another module.
+        source: a path, an http(s) URL (cached by torch.hub; offline gives an error naming the URL),
+            or a state dict, possibly wrapped (``{"state_dict": ...}``, ``{"model": ...}``, a Lightning
+            checkpoint).
+        strict: raise if any model key is missing or any checkpoint key is left over.
+
+    Returns:
+        A `LoadReport` (loaded, missing, unexpected and renamed keys); also logged at INFO level.
+
+    Raises:
+        ValueError: a shape mismatch (the key and both shapes), or, with `strict`, missing/unexpected keys
+            (the first few and the counts); also unreadable files and unreachable URLs.
+        FileNotFoundError: the path does not exist.
+
+    Example:
+        >>> import torchvision
+        >>> model = build_resnet("resnet50")
+        >>> report = load_weights(model, torchvision.models.resnet50().state_dict())
+        >>> report.missing, report.unexpected
+        ([], [])
+    """
+    raw, where = read_state_dict(source)
+    report = LoadReport(source=where)
+    model_state = model.state_dict()
+    model_keys = {k for k in model_state if not _IGNORED.search(k)}
+
+    renamed = {k: _NOISE.sub(r"\1", k) for k in raw if not _IGNORED.search(k)}
+    strip, add = _align(list(renamed.values()), model_keys)
+    # timm's pre-activation layout is renamed only when that fits the model better.
+    v2 = {k: _rename_timm_resnetv2_nested(v) for k, v in renamed.items()}
+    if v2 != renamed:
+        v2_strip, v2_add = _align(list(v2.values()), model_keys)
+        if _count(v2.values(), v2_strip, v2_add, model_keys) > _count(renamed.values(), strip, add, model_keys):
+            renamed, strip, add = v2, v2_strip, v2_add
+
+    to_load: Dict[str, Tensor] = {}
+    for key, new in renamed.items():
+        if not new.startswith(strip):
+            report.unexpected.append(key)
+            continue
+        target = add + new[len(strip):]
+        if target not in model_keys:
+            report.unexpected.append(key)
+            continue
+        expected = model_state[target].shape
+        tensor = raw[key]
+        if tensor.dim() == 4 and tensor.shape[2:] == (1, 1) and tensor.shape[:2] == expected:
+            tensor = tensor.flatten(1)  # timm's ResNetV2 head is a 1x1 conv; ours is a Linear
+        if tensor.shape != expected:
+            raise ValueError(
+                f"{where}: shape mismatch for {target!r}: checkpoint {key!r} has {tuple(raw[key].shape)}, "
+                f"model expects {tuple(expected)}"
+            )
+        if target != key:
+            report.converted.append((key, target))
+        to_load[target] = tensor
+    report.loaded = sorted(to_load)
+    report.missing = sorted(model_keys - set(to_load))
+    report.unexpected.sort()
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(
+            f"{where} does not fit {type(model).__name__} (strict=True): "
+            f"{len(report.missing)} missing keys [{_first(report.missing)}], "
+            f"{len(report.unexpected)} unexpected keys [{_first(report.unexpected)}]"
+        )
+    if not to_load:
+        raise ValueError(
+            f"{where}: no key of the checkpoint fits {type(model).__name__}; checkpoint keys look like "
+            f"[{_first(sorted(raw))}], model keys like [{_first(sorted(model_keys))}]"
+        )
+    model.load_state_dict(to_load, strict=False)
+    log.info("load_weights: %s", report.summary())
+    return report
+
+
+def _rename_timm_resnetv2_nested(key: str) -> str:
+    """Apply the ResNetV2 renaming after any leading prefix such as ``backbone.body.``."""
+    match = re.search(r"(^|\.)(stem\.conv\.|stages\.\d+\.blocks\.|head\.fc\.)", key)
+    if not match:
+        return key
+    start = match.start(2)
+    return key[:start] + _rename_timm_resnetv2(key[start:])
