@@ -1,0 +1,749 @@
+"""COCO evaluation whose numbers are pycocotools' numbers.
+
+Two entry points share one core:
+
+* :class:`COCOEvaluator` is fed torchvision-style predictions batch by batch (the validation loop),
+  converts them to COCO results as they arrive (xywh boxes, category ids, RLE masks), gathers them
+  across processes under ``torch.distributed`` and scores them on rank 0.
+* :func:`evaluate_results` / :func:`score_results` score COCO results (a list, a JSON file or several
+  JSON files) against a ground-truth file, e.g. what a detector wrote to disk.
+
+Both run pycocotools' ``COCO.loadRes`` / ``COCOeval.evaluate`` / ``accumulate`` / ``summarize`` (or the
+same steps of faster-coco-eval, which gives the same statistics), after checking the inputs so that a
+mistake is reported as a ``ValueError`` naming the bad value instead of an assertion or ``KeyError``
+deep inside pycocotools.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import operator
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_util
+
+__all__ = [
+    "BACKENDS",
+    "IOU_TYPES",
+    "STAT_NAMES",
+    "COCOEvalResult",
+    "COCOEvaluator",
+    "evaluate_results",
+    "score_results",
+]
+
+#: The 12 numbers of ``COCOeval.summarize()``, in pycocotools' order (``COCOeval.stats[0:12]``).
+STAT_NAMES: Tuple[str, ...] = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+#: Supported ``iouType`` values of COCOeval.
+IOU_TYPES: Tuple[str, ...] = ("bbox", "segm")
+#: Supported evaluation backends: the reference implementation and its C++ port.
+BACKENDS: Tuple[str, ...] = ("pycocotools", "faster_coco_eval")
+
+PathLike = Union[str, "os.PathLike[str]"]
+# How many offending ids / entries an error message lists before it only gives the count.
+_MAX_LISTED = 5
+# COCO ground-truth annotation fields COCOeval reads (KeyError inside pycocotools when absent).
+_GT_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------
+def _check_iou_types(iou_types: Union[str, Iterable[str]]) -> Tuple[str, ...]:
+    if isinstance(iou_types, str):
+        iou_types = (iou_types,)
+    try:
+        requested = list(iou_types)
+    except TypeError:
+        raise TypeError(f"iou_types must be a sequence drawn from {IOU_TYPES}, got {iou_types!r}") from None
+    unknown = [t for t in requested if t not in IOU_TYPES]
+    if unknown or not requested:
+        raise ValueError(f"iou_types must be a non-empty sequence drawn from {IOU_TYPES}, got {tuple(requested)!r}")
+    return tuple(dict.fromkeys(requested))  # drop repeats, keep the caller's order
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _list_some(values: Sequence[Any]) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:_MAX_LISTED])
+    more = f", ... ({len(values)} in all)" if len(values) > _MAX_LISTED else ""
+    return f"[{shown}{more}]"
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: the same four steps on pycocotools or faster-coco-eval
+# --------------------------------------------------------------------------------------------
+class _Backend:
+    """Adapter giving both libraries one interface; everything else in this module is shared."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "pycocotools":
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            self._coco_cls, self._eval_cls = COCO, COCOeval
+        else:
+            try:
+                import faster_coco_eval
+            except ImportError as exc:
+                raise ImportError(
+                    "backend='faster_coco_eval' needs the optional faster-coco-eval package: "
+                    "pip install faster-coco-eval  (or pip install 'resnet_fpn[fast-eval]'); "
+                    "backend='pycocotools' needs nothing extra"
+                ) from exc
+            self._coco_cls, self._eval_cls = faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
+
+    def coco_from_file(self, path: PathLike) -> Any:
+        """The library's own loading of an annotation file (what the benchmark times)."""
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            return self._coco_cls(str(path))
+
+    def coco_from_dataset(self, dataset: Dict[str, Any]) -> Any:
+        coco = self._coco_cls()
+        coco.dataset = dataset
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    def load_res(self, coco_gt: Any, entries: List[Dict[str, Any]]) -> Any:
+        if not entries:
+            # pycocotools' loadRes indexes anns[0] and crashes on an empty list; an empty results
+            # object with the ground truth's images and categories is what it would have built.
+            return self.coco_from_dataset({
+                "images": list(coco_gt.dataset["images"]),
+                "categories": list(coco_gt.dataset["categories"]),
+                "annotations": [],
+            })
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(entries)
+
+    def evaluate(
+        self, coco_gt: Any, coco_dt: Any, iou_type: str, image_ids: Sequence[int]
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Run evaluate/accumulate/summarize; return (the 12 stats, eval['precision'] [T,R,K,A,M])."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            if self.name == "pycocotools":
+                coco_eval = self._eval_cls(coco_gt, coco_dt, iouType=iou_type)
+            else:
+                # faster-coco-eval logs its summary through print_function (logger.info by default).
+                coco_eval = self._eval_cls(coco_gt, coco_dt, iouType=iou_type, print_function=_silent)
+            coco_eval.params.imgIds = sorted(image_ids)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        stats = np.asarray(coco_eval.stats[: len(STAT_NAMES)], dtype=np.float64)
+        return stats, np.asarray(coco_eval.eval["precision"], dtype=np.float64)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _get_backend(name: str) -> _Backend:
+    return _Backend(_check_backend(name))
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _GroundTruth:
+    """The ground-truth dataset plus the indexes the checks need."""
+
+    dataset: Dict[str, Any]
+    source: str
+    image_ids: List[int]
+    image_sizes: Dict[int, Tuple[int, int]]  # id -> (height, width), where the file gives them
+    category_ids: List[int]  # sorted: the K axis of eval['precision']
+    category_names: List[str]  # unique keys of per-category AP, aligned with category_ids
+
+    def dataset_for_eval(self) -> Dict[str, Any]:
+        """A copy whose annotation dicts COCOeval may change without touching the caller's object.
+
+        pycocotools' segm evaluation replaces each ground-truth polygon by its RLE in place and both
+        libraries add an ``ignore`` flag; a training dataset sharing the COCO object must not see that.
+        Only top-level keys are replaced, so copying each annotation dict (not deep) is enough.
+        """
+        copied = dict(self.dataset)
+        copied["images"] = list(self.dataset["images"])
+        copied["categories"] = list(self.dataset["categories"])
+        copied["annotations"] = [dict(ann) for ann in self.dataset["annotations"]]
+        return copied
+
+
+def _load_ground_truth(coco_gt: Any, iou_types: Sequence[str]) -> _GroundTruth:
+    if isinstance(coco_gt, (str, os.PathLike)):
+        path = Path(coco_gt)
+        if not path.is_file():
+            raise FileNotFoundError(f"ground-truth annotation file not found: {path}")
+        try:
+            with open(path) as f:
+                dataset = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"ground-truth file {path} is not valid JSON: {exc}") from None
+        source = str(path)
+    elif isinstance(getattr(coco_gt, "dataset", None), dict) and hasattr(coco_gt, "loadRes"):
+        dataset, source = coco_gt.dataset, "the given COCO object"
+    else:
+        raise TypeError(
+            "coco_gt must be a pycocotools COCO object or a path to a COCO instances JSON file, "
+            f"got {type(coco_gt).__name__}"
+        )
+    sections = ("images", "annotations", "categories")
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in sections):
+        raise ValueError(
+            f"ground truth from {source} is not a COCO instances dataset: expected a JSON object with "
+            "'images', 'annotations' and 'categories' lists"
+        )
+    needed = _GT_ANN_KEYS + (("segmentation",) if "segm" in iou_types else ())
+    bad = [ann.get("id", f"#{i}") for i, ann in enumerate(dataset["annotations"]) if not all(k in ann for k in needed)]
+    if bad:
+        raise ValueError(
+            f"ground truth from {source}: annotations {_list_some(bad)} lack one of the fields {needed} "
+            f"that COCO evaluation of {tuple(iou_types)} reads"
+        )
+    image_sizes = {
+        img["id"]: (int(img["height"]), int(img["width"]))
+        for img in dataset["images"] if "height" in img and "width" in img
+    }
+    image_ids = [img["id"] for img in dataset["images"]]
+    if "segm" in iou_types and len(image_sizes) != len(image_ids):
+        missing = [i for i in image_ids if i not in image_sizes]
+        raise ValueError(
+            f"ground truth from {source}: images {_list_some(missing)} lack height/width, which segm evaluation needs"
+        )
+    categories = sorted(dataset["categories"], key=lambda c: c["id"])
+    names = [str(c.get("name", c["id"])) for c in categories]
+    # Per-category AP is keyed by name; a repeated name would silently overwrite another class.
+    names = [
+        f"{name} (id {c['id']})" if names.count(name) > 1 else name for name, c in zip(names, categories)
+    ]
+    return _GroundTruth(
+        dataset=dataset,
+        source=source,
+        image_ids=image_ids,
+        image_sizes=image_sizes,
+        category_ids=[c["id"] for c in categories],
+        category_names=names,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Results: loading and checking
+# --------------------------------------------------------------------------------------------
+_Sources = List[Tuple[str, int]]  # (file, index of its first entry in the concatenation)
+
+
+def _is_pathlike(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _load_results_files(paths: Sequence[PathLike]) -> Tuple[List[Any], _Sources]:
+    entries: List[Any] = []
+    sources: _Sources = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"results file not found: {path}")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"results file {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, list):
+            hint = " (it looks like a ground-truth file)" if isinstance(data, dict) and "annotations" in data else ""
+            raise ValueError(
+                f"results file {path} holds a JSON {type(data).__name__}{hint}; expected a list of detections, "
+                "each a dict with image_id, category_id, score and bbox and/or segmentation"
+            )
+        sources.append((str(path), len(entries)))
+        entries.extend(data)
+    return entries, sources
+
+
+def _describe_entry(index: int, sources: _Sources) -> str:
+    for path, start in reversed(sources):
+        if index >= start:
+            return f"result entry {index} (entry {index - start} of {path})"
+    return f"result entry {index}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_results(entries: Sequence[Any], gt: _GroundTruth, iou_types: Sequence[str], sources: _Sources) -> None:
+    """Raise ValueError on the first malformed entry, then on ids the ground truth does not have."""
+    for i, r in enumerate(entries):
+        problem = None
+        if not isinstance(r, dict):
+            problem = f"is a {type(r).__name__}, expected a dict"
+        elif not _is_int(r.get("image_id")):
+            problem = f"has image_id {r.get('image_id')!r}, expected an integer"
+        elif not _is_int(r.get("category_id")):
+            problem = f"has category_id {r.get('category_id')!r}, expected an integer"
+        elif not _is_real(r.get("score")):
+            problem = f"has score {r.get('score')!r}, expected a finite number"
+        elif "bbox" in iou_types and "bbox" not in r:
+            problem = "has no 'bbox', which bbox evaluation needs"
+        elif "bbox" in iou_types and not (
+            isinstance(r["bbox"], (list, tuple)) and len(r["bbox"]) == 4 and all(_is_real(v) for v in r["bbox"])
+        ):
+            problem = f"has bbox {r['bbox']!r}, expected [x, y, width, height]"
+        elif "segm" in iou_types and "segmentation" not in r:
+            problem = "has no 'segmentation', which segm evaluation needs"
+        elif "segm" in iou_types:
+            problem = _segmentation_problem(r["segmentation"], gt.image_sizes.get(r["image_id"]))
+        if problem:
+            raise ValueError(f"{_describe_entry(i, sources)} {problem}")
+    known_images = set(gt.image_ids)
+    bad_images = sorted({r["image_id"] for r in entries} - known_images)
+    if bad_images:
+        raise ValueError(
+            f"results refer to image ids not in the ground truth ({gt.source}): {_list_some(bad_images)}"
+        )
+    known_cats = set(gt.category_ids)
+    bad_cats = sorted({r["category_id"] for r in entries} - known_cats)
+    if bad_cats:
+        raise ValueError(
+            f"results refer to category ids not in the ground truth ({gt.source}): {_list_some(bad_cats)}; "
+            f"its category ids are {_list_some(gt.category_ids)} (map training labels with label_to_category_id)"
+        )
+
+
+def _segmentation_problem(seg: Any, image_size: Optional[Tuple[int, int]]) -> Optional[str]:
+    if not (isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)) and "size" in seg):
+        return (
+            "has a segmentation that is not a compressed RLE dict {'size': [h, w], 'counts': str}; "
+            "encode masks with pycocotools.mask.encode"
+        )
+    size = seg["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"has segmentation size {size!r}, expected [height, width]"
+    if image_size is not None and tuple(size) != image_size:
+        return f"has a mask of size {list(size)} but its image is {list(image_size)} (height, width)"
+    return None
+
+
+def _entries_for(entries: Sequence[Dict[str, Any]], iou_type: str) -> List[Dict[str, Any]]:
+    """Fresh dicts for loadRes, which adds id/area/iscrowd to the dicts it is given."""
+    if iou_type == "bbox":
+        return [
+            {"image_id": r["image_id"], "category_id": r["category_id"], "bbox": list(r["bbox"]), "score": r["score"]}
+            for r in entries
+        ]
+    # No 'bbox' for segm: loadRes would then take the box area as the detection's area, which
+    # changes which detections count as small/medium/large (detectron2 drops it for the same reason).
+    return [
+        {
+            "image_id": r["image_id"],
+            "category_id": r["category_id"],
+            "segmentation": dict(r["segmentation"]),
+            "score": r["score"],
+        }
+        for r in entries
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring core
+# --------------------------------------------------------------------------------------------
+@dataclass
+class COCOEvalResult:
+    """Everything one evaluation produced.
+
+    Attributes:
+        metrics: ``{"bbox": {12 stats}, "segm": {...}, "per_category": {"bbox": {name: AP}, ...}}``,
+            requested iou types only (see :func:`evaluate_results`).
+        precision: per iou type, COCOeval's ``eval["precision"]`` array [T, R, K, A, M]
+            (10 IoU thresholds, 101 recall points, K categories, 4 area ranges, 3 maxDets); input of
+            :func:`resnet_fpn.evaluation.report.plot_precision_recall`.
+        category_names: the names of the K axis (ground-truth categories sorted by id).
+        category_ids: the COCO category ids of the K axis.
+    """
+
+    metrics: Dict[str, Any]
+    precision: Dict[str, np.ndarray] = field(default_factory=dict)
+    category_names: List[str] = field(default_factory=list)
+    category_ids: List[int] = field(default_factory=list)
+
+
+def _per_category_ap(precision: np.ndarray, names: Sequence[str]) -> Dict[str, float]:
+    # detectron2's _derive_coco_results: mean of precision[:, :, k, area=all, maxDets=100] over the
+    # entries > -1. Kept as a fraction (detectron2 reports x100) and -1 where nothing is defined
+    # (detectron2 gives nan) so the dict reads like pycocotools' own stats and stays valid JSON.
+    out: Dict[str, float] = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[name] = float(np.mean(p)) if p.size else -1.0
+    return out
+
+
+def _score(
+    gt: _GroundTruth,
+    entries: Sequence[Dict[str, Any]],
+    *,
+    iou_types: Sequence[str],
+    backend: str,
+    image_ids: Sequence[int],
+) -> COCOEvalResult:
+    adapter = _get_backend(backend)
+    if not entries:
+        warnings.warn(
+            f"no detections to evaluate on {len(image_ids)} images: AP and AR are 0 for every category "
+            "with ground truth (-1 where there is none), as pycocotools defines them",
+            UserWarning,
+            stacklevel=3,
+        )
+    coco_gt = adapter.coco_from_dataset(gt.dataset_for_eval())
+    metrics: Dict[str, Any] = {}
+    per_category: Dict[str, Dict[str, float]] = {}
+    precision: Dict[str, np.ndarray] = {}
+    for iou_type in iou_types:
+        coco_dt = adapter.load_res(coco_gt, _entries_for(entries, iou_type))
+        stats, prec = adapter.evaluate(coco_gt, coco_dt, iou_type, image_ids)
+        metrics[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, stats)}
+        per_category[iou_type] = _per_category_ap(prec, gt.category_names)
+        precision[iou_type] = prec
+    metrics["per_category"] = per_category
+    return COCOEvalResult(
+        metrics=metrics,
+        precision=precision,
+        category_names=list(gt.category_names),
+        category_ids=list(gt.category_ids),
+    )
+
+
+def score_results(
+    coco_gt: Any,
+    results: Union[Sequence[Dict[str, Any]], PathLike, Sequence[PathLike]],
+    *,
+    iou_types: Union[str, Sequence[str]],
+    backend: str = "pycocotools",
+) -> COCOEvalResult:
+    """Score COCO results against ground truth and keep the precision arrays for plots.
+
+    Same as :func:`evaluate_results` but returns a :class:`COCOEvalResult` (metrics, precision
+    arrays, category names).
+
+    Args:
+        coco_gt: a pycocotools (or faster-coco-eval) ``COCO`` object, or the path of a COCO
+            instances JSON file. It is not modified.
+        results: a list of COCO result dicts (``image_id``, ``category_id``, ``score``, ``bbox`` as
+            ``[x, y, w, h]`` and/or ``segmentation`` as compressed RLE), the path of a JSON file holding
+            such a list, or a sequence of such paths whose lists are concatenated in order.
+        iou_types: ``"bbox"`` and/or ``"segm"``; every entry must carry the field each one needs.
+        backend: ``"pycocotools"`` (the reference) or ``"faster_coco_eval"`` (same statistics, faster).
+
+    Returns:
+        The :class:`COCOEvalResult`; every ground-truth image is evaluated, as pycocotools does.
+
+    Raises:
+        ValueError: unknown iou type or backend; a results file that is not JSON or not a list; an
+            entry lacking a field (named by its index and file); image or category ids absent from the
+            ground truth (the first few and their count); ground truth lacking fields COCOeval reads.
+        TypeError: ``coco_gt`` is neither a COCO object nor a path.
+        FileNotFoundError: a results or ground-truth file does not exist.
+        ImportError: ``backend="faster_coco_eval"`` without the faster-coco-eval package.
+    """
+    iou_types = _check_iou_types(iou_types)
+    _check_backend(backend)
+    gt = _load_ground_truth(coco_gt, iou_types)
+    if _is_pathlike(results):
+        entries, sources = _load_results_files([results])
+    elif isinstance(results, (list, tuple)) and results and all(_is_pathlike(r) for r in results):
+        entries, sources = _load_results_files(results)
+    elif isinstance(results, (list, tuple)):
+        entries, sources = list(results), []
+    else:
+        raise TypeError(
+            "results must be a list of COCO result dicts, a JSON file path or a list of such paths, "
+            f"got {type(results).__name__}"
+        )
+    _check_results(entries, gt, iou_types, sources)
+    return _score(gt, entries, iou_types=iou_types, backend=backend, image_ids=gt.image_ids)
+
+
+def evaluate_results(
+    coco_gt: Any,
+    results: Union[Sequence[Dict[str, Any]], PathLike, Sequence[PathLike]],
+    *,
+    iou_types: Union[str, Sequence[str]],
+    backend: str = "pycocotools",
+) -> Dict[str, Any]:
+    """Score COCO results (a list, a JSON file or several) exactly as pycocotools does.
+
+    Args:
+        coco_gt: a pycocotools ``COCO`` object or the path of a COCO instances JSON file.
+        results: a list of COCO result dicts, a results JSON path, or a sequence of paths
+            (concatenated in order).
+        iou_types: ``"bbox"`` and/or ``"segm"``.
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
+
+    Returns:
+        ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+        "ARl"}, "segm": {...}, "per_category": {"bbox": {category name: AP}, "segm": {...}}}`` with the
+        requested iou types only. Values are pycocotools' fractions, ``-1`` where pycocotools gives -1
+        (no ground truth in that area range / category). Per-category AP is the mean of
+        ``precision[:, :, k, area=all, maxDets=100]`` over its entries > -1, or -1 if there are none.
+        Empty results give AP/AR 0 (with a warning) instead of pycocotools' crash.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError, ImportError: as :func:`score_results`.
+    """
+    return score_results(coco_gt, results, iou_types=iou_types, backend=backend).metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming evaluator
+# --------------------------------------------------------------------------------------------
+class COCOEvaluator:
+    """Accumulates torchvision-style predictions and scores them with COCOeval.
+
+    Predictions are turned into COCO results in :meth:`update` (xywh boxes, COCO category ids, masks
+    thresholded and RLE-encoded), so memory grows with the number of detections, not with image
+    pixels. Each image id counts once: a repeated id (DistributedSampler pads its last batches with
+    repeated images) keeps the predictions seen first, in rank order under torch.distributed.
+
+    Only the images passed to :meth:`update` are evaluated (COCOeval ``params.imgIds``), so a
+    partial validation pass scores the images it saw.
+
+    Attributes:
+        precision: after :meth:`compute` on rank 0, per iou type the ``eval["precision"]`` array
+            [T, R, K, A, M] (input of ``report.plot_precision_recall``); empty on other ranks.
+        category_names: names of the K axis (ground-truth categories sorted by id).
+    """
+
+    def __init__(
+        self,
+        coco_gt: Any,
+        *,
+        iou_types: Union[str, Sequence[str]] = ("bbox",),
+        backend: str = "pycocotools",
+        label_to_category_id: Optional[Mapping[int, int]] = None,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        """Create an evaluator.
+
+        Args:
+            coco_gt: a pycocotools ``COCO`` object or the path of a COCO instances JSON file (not modified).
+            iou_types: ``"bbox"`` and/or ``"segm"`` (segm needs ``masks`` in the predictions).
+            backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
+            label_to_category_id: contiguous training label -> COCO category id of the file; None
+                when the labels already are category ids.
+            mask_threshold: a mask pixel is foreground when its probability is > this value.
+
+        Raises:
+            ValueError: unknown iou type or backend; a mapping to category ids the ground truth lacks;
+                a threshold outside [0, 1).
+            TypeError: a mapping that is not int -> int, or a ``coco_gt`` that is neither COCO nor path.
+            ImportError: ``backend="faster_coco_eval"`` without the faster-coco-eval package.
+        """
+        self.iou_types = _check_iou_types(iou_types)
+        self.backend = _get_backend(backend).name  # fails now, not after an epoch, if the package is missing
+        self._gt = _load_ground_truth(coco_gt, self.iou_types)
+        self._known_images = set(self._gt.image_ids)
+        self._known_cats = set(self._gt.category_ids)
+        self.label_to_category_id: Optional[Dict[int, int]] = None
+        if label_to_category_id is not None:
+            if not isinstance(label_to_category_id, Mapping) or not all(
+                _is_int(k) and _is_int(v) for k, v in label_to_category_id.items()
+            ):
+                raise TypeError(f"label_to_category_id must be a dict int -> int, got {label_to_category_id!r}")
+            mapping = {int(k): int(v) for k, v in label_to_category_id.items()}
+            bad = sorted(set(mapping.values()) - self._known_cats)
+            if bad:
+                raise ValueError(
+                    f"label_to_category_id maps to category ids not in the ground truth ({self._gt.source}): "
+                    f"{_list_some(bad)}; its category ids are {_list_some(self._gt.category_ids)}"
+                )
+            self.label_to_category_id = mapping
+        if not (_is_real(mask_threshold) and 0.0 <= mask_threshold < 1.0):
+            raise ValueError(f"mask_threshold must be a number in [0, 1), got {mask_threshold!r}")
+        self.mask_threshold = float(mask_threshold)
+        self.category_names: List[str] = list(self._gt.category_names)
+        self.precision: Dict[str, np.ndarray] = {}
+        self._results: Dict[int, List[Dict[str, Any]]] = {}
+
+    def reset(self) -> None:
+        """Forget every prediction and the last precision arrays (call at the start of each epoch)."""
+        self._results = {}
+        self.precision = {}
+
+    @property
+    def num_images(self) -> int:
+        """Distinct image ids received by this process since the last reset."""
+        return len(self._results)
+
+    def update(self, predictions: Sequence[Mapping[str, Any]], image_ids: Sequence[Any]) -> None:
+        """Convert one batch of predictions to COCO results.
+
+        Args:
+            predictions: one dict per image with ``boxes`` (N, 4) xyxy in original-image pixels,
+                ``scores`` (N,), ``labels`` (N,) int and, for segm, ``masks`` (N, 1, H, W) (or (N, H, W))
+                probabilities at the image's full size. Tensors on any device, or numpy arrays.
+            image_ids: the COCO image id of each prediction (ints or 0-d integer tensors).
+
+        Raises:
+            ValueError: lengths differ; an image id absent from the ground truth; a label without a
+                category id; a missing key; shapes that disagree; a mask not of its image's size.
+            TypeError: an image id that is not an integer.
+        """
+        if len(predictions) != len(image_ids):
+            raise ValueError(f"update() got {len(predictions)} predictions but {len(image_ids)} image ids")
+        for pred, raw_id in zip(predictions, image_ids):
+            try:
+                image_id = operator.index(raw_id)
+            except TypeError:
+                raise TypeError(f"image ids must be integers, got {raw_id!r}") from None
+            if image_id not in self._known_images:
+                raise ValueError(f"image id {image_id} is not in the ground truth ({self._gt.source})")
+            if image_id in self._results:
+                continue  # a repeated image (sampler padding) is counted once: first one wins
+            self._results[image_id] = self._convert(pred, image_id)
+
+    def _convert(self, pred: Mapping[str, Any], image_id: int) -> List[Dict[str, Any]]:
+        needed = ["scores", "labels"]
+        needed += (["boxes"] if "bbox" in self.iou_types else []) + (["masks"] if "segm" in self.iou_types else [])
+        missing = [k for k in needed if k not in pred]
+        if missing:
+            raise ValueError(
+                f"prediction for image {image_id} lacks {missing}; iou_types {self.iou_types} need {needed}"
+            )
+        scores = torch.as_tensor(pred["scores"]).detach().reshape(-1)
+        labels = torch.as_tensor(pred["labels"]).detach().reshape(-1)
+        n = scores.numel()
+        if labels.numel() != n:
+            raise ValueError(f"prediction for image {image_id}: {n} scores but {labels.numel()} labels")
+        if n == 0:
+            return []
+        # float64 on the CPU: xyxy -> xywh differences and scores then reach JSON without a float32 round trip.
+        score_list = scores.to("cpu", torch.float64).tolist()
+        category_ids = self._category_ids(labels.to("cpu").tolist(), image_id)
+        out = [
+            {"image_id": image_id, "category_id": c, "score": s} for c, s in zip(category_ids, score_list)
+        ]
+        if "bbox" in self.iou_types:
+            boxes = torch.as_tensor(pred["boxes"]).detach().to("cpu", torch.float64)
+            if boxes.shape != (n, 4):
+                raise ValueError(
+                    f"prediction for image {image_id}: boxes of shape {tuple(boxes.shape)}, expected ({n}, 4)"
+                )
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            for r, b in zip(out, xywh):
+                r["bbox"] = b
+        if "segm" in self.iou_types:
+            for r, rle in zip(out, self._encode_masks(pred["masks"], n, image_id)):
+                r["segmentation"] = rle
+        return out
+
+    def _category_ids(self, labels: List[int], image_id: int) -> List[int]:
+        if self.label_to_category_id is None:
+            bad = sorted(set(labels) - self._known_cats)
+            if bad:
+                raise ValueError(
+                    f"prediction for image {image_id} has labels {_list_some(bad)} that are not category ids of "
+                    f"the ground truth; pass label_to_category_id to map training labels to category ids"
+                )
+            return labels
+        bad = sorted(set(labels) - set(self.label_to_category_id))
+        if bad:
+            raise ValueError(
+                f"prediction for image {image_id} has labels {_list_some(bad)} absent from label_to_category_id "
+                f"(keys {_list_some(sorted(self.label_to_category_id))})"
+            )
+        return [self.label_to_category_id[label] for label in labels]
+
+    def _encode_masks(self, masks: Any, n: int, image_id: int) -> List[Dict[str, Any]]:
+        masks = torch.as_tensor(masks).detach()
+        if masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.ndim != 3 or masks.shape[0] != n:
+            raise ValueError(
+                f"prediction for image {image_id}: masks of shape {tuple(masks.shape)}, expected ({n}, 1, H, W)"
+            )
+        size = self._gt.image_sizes.get(image_id)
+        if size is not None and tuple(masks.shape[-2:]) != size:
+            raise ValueError(
+                f"prediction for image {image_id}: masks are {tuple(masks.shape[-2:])} but the image is {size} "
+                "(height, width); paste masks at the original image size"
+            )
+        # Threshold where the masks live (GPU) so only one byte per pixel crosses to the CPU.
+        binary = masks if masks.dtype == torch.bool else masks > self.mask_threshold
+        array = binary.to("cpu", torch.uint8).numpy()
+        # (N, H, W) C-order transposed to (H, W, N) is the Fortran layout mask.encode wants: no copy.
+        rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON (nor cheap to pickle)
+        return rles
+
+    def compute(self) -> Dict[str, Any]:
+        """Gather the results of every process, score them on rank 0 and share the metrics.
+
+        Must be called on every rank when torch.distributed is initialized (it runs collectives).
+
+        Returns:
+            The metrics dict of :func:`evaluate_results` for the requested iou types, identical on all
+            ranks.
+
+        Raises:
+            RuntimeError: no image was passed to :meth:`update` on any rank; or scoring failed on rank 0
+                (other ranks raise with its message instead of waiting forever).
+        """
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        local = list(self._results.items())
+        if distributed:
+            gathered: List[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        merged: Dict[int, List[Dict[str, Any]]] = {}
+        for rank_items in gathered:  # rank order, then update order: the first copy of an image wins
+            for image_id, dets in rank_items:
+                merged.setdefault(image_id, dets)
+        if not merged:
+            raise RuntimeError("COCOEvaluator.compute() called before any update(): no image to evaluate")
+        rank = dist.get_rank() if distributed else 0
+        payload: List[Any] = [None]
+        error: Optional[BaseException] = None
+        if rank == 0:
+            entries = [r for dets in merged.values() for r in dets]
+            try:
+                result = _score(
+                    self._gt, entries, iou_types=self.iou_types, backend=self.backend, image_ids=list(merged)
+                )
+                self.precision = result.precision
+                payload = [("ok", result.metrics)]
+            except Exception as exc:  # noqa: BLE001 - re-raised below after the other ranks are told
+                error = exc
+                payload = [("error", f"{type(exc).__name__}: {exc}")]
+        if distributed:
+            dist.broadcast_object_list(payload, src=0)
+        if error is not None:
+            raise error
+        status, value = payload[0]
+        if status == "error":
+            raise RuntimeError(f"COCO evaluation failed on rank 0: {value}")
+        return value
