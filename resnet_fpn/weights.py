@@ -48,6 +48,7 @@ class LoadReport:
         missing: model keys the checkpoint did not provide.
         unexpected: checkpoint keys (after renaming) the model does not have.
         converted: (checkpoint key, model key) pairs that were renamed to fit.
+        mismatched: (model key, checkpoint shape, model shape) left at their init with ``skip_mismatched``.
     """
 
     source: str
@@ -55,6 +56,7 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     converted: List[Tuple[str, str]] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: counts, and the first keys of each non-empty list."""
@@ -65,6 +67,8 @@ class LoadReport:
             parts.append(f"{len(self.missing)} missing ({_first(self.missing)})")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected ({_first(self.unexpected)})")
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} skipped for their shape ({_first([m[0] for m in self.mismatched])})")
         return "; ".join(parts)
 
 
@@ -182,7 +186,9 @@ def _align(source_keys: List[str], model_keys: set) -> Tuple[str, str]:
     return best
 
 
-def load_weights(model: nn.Module, source: WeightsSource, *, strict: bool = True) -> LoadReport:
+def load_weights(
+    model: nn.Module, source: WeightsSource, *, strict: bool = True, skip_mismatched: bool = False
+) -> LoadReport:
     """Load a checkpoint into `model`, renaming keys where a known layout needs it.
 
     Args:
@@ -191,6 +197,9 @@ def load_weights(model: nn.Module, source: WeightsSource, *, strict: bool = True
             or a state dict, possibly wrapped (``{"state_dict": ...}``, ``{"model": ...}``, a Lightning
             checkpoint).
         strict: raise if any model key is missing or any checkpoint key is left over.
+        skip_mismatched: leave tensors whose shapes differ at their init and report them (fine-tuning a
+            detector on another number of classes, as detectron2 does) instead of raising. They count as
+            missing for `strict`.
 
     Returns:
         A `LoadReport` (loaded, missing, unexpected and renamed keys); also logged at INFO level.
@@ -234,6 +243,9 @@ def load_weights(model: nn.Module, source: WeightsSource, *, strict: bool = True
         tensor = raw[key]
         if tensor.dim() == 4 and tensor.shape[2:] == (1, 1) and tensor.shape[:2] == expected:
             tensor = tensor.flatten(1)  # timm's ResNetV2 head is a 1x1 conv; ours is a Linear
+        if tensor.shape != expected and skip_mismatched:
+            report.mismatched.append((target, tuple(tensor.shape), tuple(expected)))
+            continue
         if tensor.shape != expected:
             raise ValueError(
                 f"{where}: shape mismatch for {target!r}: checkpoint {key!r} has {tuple(raw[key].shape)}, "

@@ -1,0 +1,129 @@
+"""Detector checkpoints: what a trained model file holds, and how to rebuild the detector from it.
+
+A checkpoint is a Lightning checkpoint (``tools/train_det.py`` writes them) or any dict of the same shape:
+
+    {"state_dict": {"model.<detector key>": tensor, ...},
+     "hyper_parameters": {"model": {<build_detector keyword arguments, "model" included>},
+                          "categories": [{"label": 1, "id": 18, "name": "dog"}, ...], ...}}
+
+so the detector is rebuilt with the very arguments it was trained with, and predictions map back to the
+data set's category ids and names.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .detectors import build_detector
+from .weights import load_weights
+
+__all__ = ["Category", "detector_from_checkpoint", "save_detector_checkpoint", "atomic_torch_save"]
+
+
+@dataclass(frozen=True)
+class Category:
+    """A training label (1..K) with the data set's category id and name."""
+
+    label: int
+    id: int
+    name: str
+
+
+def atomic_torch_save(obj: object, path: Union[str, os.PathLike]) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a killed write leaves no torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX within one file system
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_detector_checkpoint(
+    path: Union[str, os.PathLike],
+    detector: nn.Module,
+    *,
+    model_options: Mapping[str, object],
+    categories: Sequence[Category],
+) -> Path:
+    """Write a checkpoint that `detector_from_checkpoint` (and Lightning's layout readers) understand.
+
+    Args:
+        path: output file (written atomically).
+        detector: the detector whose ``state_dict()`` is saved.
+        model_options: the ``build_detector`` keyword arguments it was built with (``model`` included).
+        categories: label -> category id and name, for labels 1..K.
+    """
+    payload = {
+        "state_dict": {f"model.{k}": v for k, v in detector.state_dict().items()},
+        "hyper_parameters": {
+            "model": dict(model_options),
+            "categories": [{"label": c.label, "id": c.id, "name": c.name} for c in categories],
+        },
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_categories(hparams: Mapping[str, object], where: str) -> List[Category]:
+    raw = hparams.get("categories")
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: hyper_parameters has no 'categories' list (label, id, name)")
+    return [Category(int(c["label"]), int(c["id"]), str(c["name"])) for c in raw]
+
+
+def detector_from_checkpoint(
+    path: Union[str, os.PathLike], *, map_location: Union[str, torch.device] = "cpu"
+) -> Tuple[nn.Module, List[Category], Dict[str, object]]:
+    """Rebuild a trained detector from a checkpoint written by training (or `save_detector_checkpoint`).
+
+    Args:
+        path: the checkpoint file (``.ckpt`` from ``tools/train_det.py``).
+        map_location: where tensors are loaded.
+
+    Returns:
+        (detector in eval mode, categories, the ``build_detector`` options it was built with).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a detector checkpoint of this project (names what is missing), or its
+            tensors do not fit the model its options describe.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    if not isinstance(hparams, Mapping) or not isinstance(hparams.get("model"), Mapping):
+        raise ValueError(
+            f"{path} is not a detector checkpoint of resnet_fpn: expected hyper_parameters['model'] with the "
+            f"build_detector options (a checkpoint written by tools/train_det.py)"
+        )
+    options = dict(hparams["model"])
+    categories = read_categories(hparams, str(path))
+    # The checkpoint's own tensors follow: no ImageNet weights are needed (or fetched) to rebuild.
+    options_no_weights = {k: v for k, v in options.items() if k not in ("weights", "backbone_weights")}
+    pretrained = bool(options.get("weights") or options.get("backbone_weights"))
+    if options_no_weights.get("norm", "auto") == "auto":
+        options_no_weights["norm"] = "frozen_bn" if pretrained else "bn"
+    if options_no_weights.get("freeze_at") is None:
+        options_no_weights["freeze_at"] = 2 if pretrained else 0
+    detector = build_detector(**options_no_weights)
+    load_weights(detector, ckpt, strict=True)
+    return detector.eval(), categories, options
+

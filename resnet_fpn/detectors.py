@@ -1,0 +1,167 @@
+"""Detectors: torchvision's Faster/Mask R-CNN, RetinaNet and FCOS heads on this project's backbones."""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple, Union
+
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+from .backbone import build_backbone
+from .models.variants import suggest_names
+from .weights import WeightsSource, load_weights
+
+__all__ = ["DETECTORS", "build_detector"]
+
+log = logging.getLogger(__name__)
+
+# Model name -> the FPN top block its heads expect (R-CNNs pool P2-P5 and anchor P2-P6; one-stage heads P3-P7).
+DETECTORS = {"faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7"}
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _anchor_generator(model: str, anchor_sizes: Optional[Sequence[int]]) -> Optional[AnchorGenerator]:
+    """One anchor size per pyramid level (5 levels). None keeps torchvision's default for the model."""
+    if anchor_sizes is None:
+        return None
+    sizes = tuple(int(s) for s in anchor_sizes)
+    if len(sizes) != 5 or any(s <= 0 for s in sizes):
+        raise ValueError(f"anchor_sizes must be 5 positive sizes, one per pyramid level, got {list(anchor_sizes)}")
+    if model == "retinanet":
+        # RetinaNet: three scales per octave (Lin et al., 2017b), as torchvision's default.
+        per_level = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
+        return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * 5)
+    if model == "fcos":
+        return AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * 5)
+    return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5)
+
+
+def build_detector(
+    model: str,
+    *,
+    num_classes: int,
+    backbone: str = "resnet50-fpn",
+    backbone_weights: Optional[WeightsSource] = None,
+    weights: Optional[WeightsSource] = None,
+    norm: str = "auto",
+    freeze_at: Optional[int] = None,
+    min_size: Union[int, Tuple[int, ...]] = 800,
+    max_size: int = 1333,
+    anchor_sizes: Optional[Sequence[int]] = None,
+    rpn_batch_size_per_image: int = 256,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    box_batch_size_per_image: int = 512,
+    box_head_dim: int = 1024,
+    mask_head_dim: int = 256,
+    score_thresh: float = 0.05,
+    detections_per_img: int = 100,
+) -> nn.Module:
+    """Build a torchvision detector on a backbone of this project.
+
+    Every default is torchvision's (and detectron2's): 800-1333 px, RPN 2000/1000 proposals, 512 RoIs per
+    image, a 1024-wide two-layer box head, four 256-channel mask convs, score threshold 0.05, 100 detections.
+
+    Args:
+        model: "faster_rcnn", "mask_rcnn", "retinanet" or "fcos".
+        num_classes: classes including background (torchvision's convention: 91 for COCO's ids, K + 1
+            for K contiguous classes).
+        backbone: a name of ``list_backbones()`` with FPN, or ``timm:<model>-fpn``. RetinaNet and FCOS get
+            the ``p6p7`` top block, the R-CNNs ``maxpool``.
+        backbone_weights: ImageNet (or detection) weights for the backbone; see ``build_backbone``.
+        weights: a whole detector checkpoint (this project's or torchvision's detection layout). Tensors
+            whose shapes differ (another number of classes) stay at their init, with a warning naming them.
+        norm, freeze_at: backbone options (see ``build_backbone``); "auto" and None follow `backbone_weights`
+            (or `weights`: a trained detector is fine-tuned with frozen BN and freeze_at 2, as torchvision).
+        min_size, max_size: resize range of torchvision's transform; a tuple of min sizes picks one at
+            random per training batch (multi-scale training).
+        anchor_sizes: 5 sizes, one per pyramid level (default: torchvision's, 32..512).
+        rpn_*, box_*, mask_head_dim, score_thresh, detections_per_img: head options (R-CNN ones are ignored
+            by RetinaNet/FCOS, which use score_thresh and detections_per_img).
+
+    Returns:
+        The torchvision detector (``model.backbone`` is the ResNet-FPN).
+
+    Raises:
+        ValueError: unknown model (closest names suggested) or bad option values.
+
+    Example:
+        >>> detector = build_detector("mask_rcnn", backbone="resnet18-fpn", num_classes=4, min_size=320)
+    """
+    if model not in DETECTORS:
+        raise ValueError(
+            f"unknown detector {model!r}.{suggest_names(model, list(DETECTORS))} Valid names: {list(DETECTORS)}"
+        )
+    _positive_int("num_classes", num_classes)
+    if num_classes < 2 and model in ("faster_rcnn", "mask_rcnn"):
+        raise ValueError(f"num_classes counts the background for R-CNNs: need >= 2, got {num_classes}")
+    for name, value in [("max_size", max_size), ("box_batch_size_per_image", box_batch_size_per_image),
+                        ("box_head_dim", box_head_dim), ("mask_head_dim", mask_head_dim),
+                        ("detections_per_img", detections_per_img)]:
+        _positive_int(name, value)
+    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    for size in sizes:
+        _positive_int("min_size", size)
+    if not backbone.endswith("-fpn"):
+        raise ValueError(f"detectors need a backbone with FPN, e.g. {backbone + '-fpn'!r}; got {backbone!r}")
+
+    pretrained = backbone_weights is not None or weights is not None
+    body_norm = ("frozen_bn" if pretrained else "bn") if norm == "auto" else norm
+    fpn = build_backbone(
+        backbone,
+        weights=backbone_weights,
+        norm=body_norm,
+        freeze_at=(2 if pretrained else 0) if freeze_at is None else freeze_at,
+        top_block=DETECTORS[model],
+    )
+    common = dict(min_size=sizes if len(sizes) > 1 else sizes[0], max_size=max_size)
+    anchors = _anchor_generator(model, anchor_sizes)
+    if model in ("faster_rcnn", "mask_rcnn"):
+        resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
+        rcnn = dict(
+            rpn_anchor_generator=anchors,
+            rpn_batch_size_per_image=rpn_batch_size_per_image,
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            box_head=TwoMLPHead(fpn.out_channels * resolution**2, box_head_dim),
+            box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
+            box_batch_size_per_image=box_batch_size_per_image,
+            box_score_thresh=score_thresh,
+            box_detections_per_img=detections_per_img,
+        )
+        if model == "faster_rcnn":
+            detector: nn.Module = FasterRCNN(fpn, num_classes=None, **common, **rcnn)
+        else:
+            detector = MaskRCNN(
+                fpn,
+                num_classes=None,
+                mask_head=MaskRCNNHeads(fpn.out_channels, (mask_head_dim,) * 4, 1),
+                mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes),
+                **common,
+                **rcnn,
+            )
+    else:
+        cls = RetinaNet if model == "retinanet" else FCOS
+        extra = {} if anchors is None else {"anchor_generator": anchors}
+        detector = cls(fpn, num_classes=num_classes, score_thresh=score_thresh,
+                       detections_per_img=detections_per_img, **common, **extra)
+    if weights is not None:
+        report = load_weights(detector, weights, strict=False, skip_mismatched=True)
+        for key, theirs, ours in report.mismatched:
+            log.warning("weights: %s left at its init: checkpoint shape %s, model shape %s", key, theirs, ours)
+        if report.missing:
+            log.warning("weights: %d detector tensors not in %s (e.g. %s)", len(report.missing), report.source,
+                        report.missing[:3])
+    return detector

@@ -1,0 +1,120 @@
+"""The LightningDataModule: COCO-format train/val sets (or the synthetic set), samplers and loaders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from ..checkpoint import Category
+from ..data import (CocoDetection, DataPaths, GroupedBatchSampler, aspect_ratio_groups, build_transforms,
+                    collate_fn, make_synthetic_coco, resolve_data_paths)
+from .config import DataConfig
+
+__all__ = ["DetectionDataModule", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """Where generated data lives: $RESNET_FPN_CACHE, else ~/.cache/resnet_fpn."""
+    return Path(os.environ.get("RESNET_FPN_CACHE", Path.home() / ".cache" / "resnet_fpn"))
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train and val loaders for COCO-format data.
+
+    The data set is the one `config` names (a root or four explicit paths) or, with neither, the embedded
+    synthetic set generated once into the cache (so the main job needs no download).
+
+    Args:
+        config: the data section of the training config.
+        with_masks: decode instance masks (Mask R-CNN). The data set must then have masks: otherwise
+            `setup` raises a ValueError naming the annotation file, before any training.
+        seed: augmentation seed.
+    """
+
+    def __init__(self, config: DataConfig, *, with_masks: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.with_masks = with_masks
+        self.seed = seed
+        self.train_dataset: Optional[CocoDetection] = None
+        self.val_dataset: Optional[CocoDetection] = None
+
+    @property
+    def uses_synthetic(self) -> bool:
+        c = self.config
+        return c.root is None and not any((c.train_ann, c.train_images, c.val_ann, c.val_images))
+
+    def synthetic_root(self) -> Path:
+        s = self.config.synthetic
+        cache = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+        name = f"synthetic_{s.num_train}_{s.num_val}_{s.image_size[0]}x{s.image_size[1]}_c{s.num_classes}_s{s.seed}"
+        return cache / name
+
+    def paths(self) -> DataPaths:
+        c = self.config
+        root = self.synthetic_root() if self.uses_synthetic else c.root
+        return resolve_data_paths(root, train_ann=c.train_ann, train_images=c.train_images, val_ann=c.val_ann,
+                                  val_images=c.val_images)
+
+    def prepare_data(self) -> None:
+        if self.uses_synthetic:
+            s = self.config.synthetic
+            # Idempotent and written atomically: ranks that race here write identical files.
+            make_synthetic_coco(self.synthetic_root(), num_train=s.num_train, num_val=s.num_val,
+                                image_size=tuple(s.image_size), num_classes=s.num_classes, seed=s.seed)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_dataset is not None:
+            return
+        paths = self.paths()
+        self.train_dataset = CocoDetection(paths.train_images, paths.train_ann, with_masks=self.with_masks,
+                                           transforms=build_transforms(self.config.augment, seed=self.seed))
+        self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=False)
+        if self.with_masks and not self.train_dataset.has_masks:
+            raise ValueError(
+                f"{paths.train_ann}: the annotations have no segmentation masks, which Mask R-CNN needs to train; "
+                f"use --model faster_rcnn for boxes-only data"
+            )
+        if self.train_dataset.category_ids != self.val_dataset.category_ids:
+            raise ValueError(
+                f"{paths.train_ann} and {paths.val_ann} list different categories "
+                f"({len(self.train_dataset.category_ids)} vs {len(self.val_dataset.category_ids)} ids); "
+                f"train and val must share one category list"
+            )
+
+    def categories(self) -> List[Category]:
+        """Training labels 1..K with the data set's category ids and names."""
+        ds = self.train_dataset
+        return [Category(label, cid, name)
+                for label, (cid, name) in enumerate(zip(ds.category_ids, ds.category_names), start=1)]
+
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.train_dataset
+        if self._distributed():
+            sampler = DistributedSampler(ds, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+                                         shuffle=True, seed=self.seed)
+        else:
+            sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(self.seed))
+        c = self.config
+        if c.aspect_ratio_grouping:
+            batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(ds.aspect_ratios()), c.batch_size)
+            return DataLoader(ds, batch_sampler=batch_sampler, num_workers=c.num_workers, collate_fn=collate_fn,
+                              persistent_workers=c.num_workers > 0)
+        return DataLoader(ds, sampler=sampler, batch_size=c.batch_size, num_workers=c.num_workers,
+                          collate_fn=collate_fn, drop_last=False, persistent_workers=c.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = self.val_dataset
+        # DistributedSampler pads the last batch with repeated images; the evaluator counts each image once.
+        sampler = (DistributedSampler(ds, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+                                      shuffle=False) if self._distributed() else SequentialSampler(ds))
+        c = self.config
+        return DataLoader(ds, sampler=sampler, batch_size=c.val_batch_size, num_workers=c.num_workers,
+                          collate_fn=collate_fn)

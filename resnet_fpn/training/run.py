@@ -1,0 +1,223 @@
+"""One training run, end to end: data, model, Lightning Trainer, checkpoints, final COCO evaluation, reports."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ..evaluation import format_metrics_table
+from .config import TrainConfig
+from .datamodule import DetectionDataModule
+from .module import DetectionModule
+
+__all__ = ["train", "TrainResult", "find_resume_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainResult(dict):
+    """What `train` returns: ``metrics`` (the final COCO metrics), ``output_dir``, ``checkpoint`` (last)."""
+
+
+class ValidationHistory(Callback):
+    """Records (step, wall seconds since fit start, bbox/segm AP) after each validation, for the AP-vs-time plot.
+
+    Wall time counts training and validation both: it is what a user waits for. On resume the clock
+    continues from the history file, so a killed run's curve stays one curve.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: List[Dict[str, float]] = json.loads(path.read_text()) if path.is_file() else []
+        self.offset = self.rows[-1]["seconds"] if self.rows else 0.0
+        self.start = time.perf_counter()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not fitting or trainer.sanity_checking or pl_module.last_metrics is None or not trainer.is_global_zero:
+            return
+        row = {"step": trainer.global_step, "seconds": round(self.offset + time.perf_counter() - self.start, 1)}
+        for iou_type in pl_module.iou_types:
+            row[f"{iou_type}_AP"] = pl_module.last_metrics[iou_type]["AP"]
+        self.rows.append(row)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.rows, indent=1))
+        os.replace(tmp, self.path)
+
+
+def find_resume_checkpoint(output_dir: Union[str, Path], resume: Union[bool, str, None]) -> Optional[str]:
+    """The checkpoint to resume from: an explicit path, or OUTPUT_DIR/checkpoints/last.ckpt for ``True``.
+
+    Raises:
+        FileNotFoundError: resuming was asked for and no such checkpoint exists.
+    """
+    if not resume:
+        return None
+    path = Path(output_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: checkpoint not found: {path}")
+    return str(path)
+
+
+def _precision(value: str) -> str:
+    return "32-true" if str(value) == "32" else str(value)
+
+
+def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[ValidationHistory]) -> L.Trainer:
+    t = config.trainer
+    last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="step{step:06d}", save_last=True,
+                           save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps, auto_insert_metric_name=False)
+    best = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val/bbox_AP", mode="max",
+                           save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+    callbacks: List[Callback] = [last, best, LearningRateMonitor(logging_interval="step")]
+    if history is not None:
+        callbacks.append(history)
+    val_every = t.val_every_n_steps
+    return L.Trainer(
+        default_root_dir=str(output_dir),
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=_precision(t.precision),
+        logger=CSVLogger(str(output_dir), name="logs"),
+        callbacks=callbacks,
+        log_every_n_steps=t.log_every_n_steps,
+        # Step-based validation across epochs (detectron2's EVAL_PERIOD); None validates once per epoch.
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None if val_every else 1,
+        num_sanity_val_steps=0,  # a partial COCO evaluation would only cost time
+        gradient_clip_val=t.gradient_clip_val,
+        # Our own samplers handle DDP (DistributedSampler inside the aspect-ratio batch sampler).
+        use_distributed_sampler=False,
+        enable_progress_bar=True,
+    )
+
+
+def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> TrainResult:
+    """Train a detector as `config` says, then evaluate it on the val split and write the reports.
+
+    Writes under ``config.output_dir``: ``checkpoints/`` (``last.ckpt`` every N steps, ``best.ckpt`` by
+    bbox AP; written atomically), ``metrics.json`` (the final COCO metrics), ``config.yaml``,
+    ``history.json`` and ``ap_vs_time.png`` (AP after each validation), ``predictions/`` (pictures of
+    val images with the final model's detections), ``logs/`` (CSV logs of losses and LR).
+
+    Args:
+        config: the run's configuration (see ``load_config``).
+        resume: True to continue from ``checkpoints/last.ckpt``, or a checkpoint path.
+
+    Returns:
+        A `TrainResult` with the final metrics.
+
+    Raises:
+        ValueError: bad configuration or data (the file and entry are named), e.g. Mask R-CNN on a data set
+            without masks, before any training.
+        FileNotFoundError: missing data or checkpoint files.
+    """
+    output_dir = Path(config.output_dir)
+    ckpt_path = find_resume_checkpoint(output_dir, resume)
+    L.seed_everything(config.trainer.seed, workers=True)
+    model_name = config.model["model"]
+    datamodule = DetectionDataModule(config.data, with_masks=model_name == "mask_rcnn", seed=config.trainer.seed)
+    # Setup before the Trainer: num_classes comes from the data, and bad data fails before any training.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    categories = datamodule.categories()
+    module = DetectionModule(
+        model={**config.model, "num_classes": len(categories) + 1},
+        optim=vars(config.optim),
+        categories=[vars(c) for c in categories],
+        max_steps=config.trainer.max_steps,
+        eval_backend=config.trainer.eval_backend,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history_path = output_dir / "history.json"
+    if ckpt_path is None and history_path.exists():
+        history_path.unlink()  # a fresh run starts a fresh curve
+    history = ValidationHistory(history_path)
+    trainer = build_trainer(config, output_dir=output_dir, history=history)
+    if trainer.is_global_zero:
+        import yaml
+
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if ckpt_path is not None and trainer.is_global_zero:
+        step = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step")
+        print(f"resuming from {ckpt_path} at step {step}", flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    # Final evaluation of the model as trained (the last weights), as detectron2's train_net does; skipped
+    # when the last validation already ran at the final step (every rank takes the same branch).
+    if module.last_metrics is None or module.last_metrics_step != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = module.last_metrics
+    result = TrainResult(metrics=metrics, output_dir=str(output_dir),
+                         checkpoint=str(output_dir / "checkpoints" / "last.ckpt"))
+    if trainer.is_global_zero:
+        tmp = output_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, output_dir / "metrics.json")
+        print(format_metrics_table(metrics))
+        print(f"metrics written to {output_dir / 'metrics.json'}")
+        if history.rows:
+            plot_history(history.rows, output_dir / "ap_vs_time.png", title=f"{model_name} {config.model['backbone']}")
+        if config.num_pictures > 0:
+            write_prediction_pictures(module, datamodule, output_dir / "predictions", count=config.num_pictures)
+    return result
+
+
+def plot_history(rows: List[Dict[str, float]], path: Path, *, title: str) -> Path:
+    """AP against wall-clock minutes, one line per IoU type."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    minutes = [r["seconds"] / 60 for r in rows]
+    for key in [k for k in rows[0] if k.endswith("_AP")]:
+        ax.plot(minutes, [r[key] for r in rows], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("wall-clock minutes (training + validation)")
+    ax.set_ylabel("COCO AP @[.50:.95]")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+@torch.no_grad()
+def write_prediction_pictures(module: DetectionModule, datamodule: DetectionDataModule, out_dir: Path, *,
+                              count: int, score_threshold: float = 0.5) -> List[Path]:
+    """Draw the model's detections on the first `count` val images into `out_dir`."""
+    from ..visualize import draw_predictions, save_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = module.model.eval()
+    names = {c.label: c.name for c in module.categories}
+    written = []
+    dataset = datamodule.val_dataset
+    for index in range(min(count, len(dataset))):
+        image, target = dataset[index]
+        prediction = model([image.to(module.device)])[0]
+        prediction = {k: v.cpu() for k, v in prediction.items()}
+        prediction["names"] = [names.get(int(label), str(int(label))) for label in prediction["labels"]]
+        picture = draw_predictions((image * 255).to(torch.uint8), prediction, score_threshold=score_threshold)
+        path = out_dir / f"{int(target['image_id']):06d}.png"
+        save_image(picture, path)
+        written.append(path)
+    return written
