@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from resnet_fpn.checkpoint import detector_from_checkpoint
+from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn.training import config_from_dict, load_config, train
 from resnet_fpn.training.module import lr_lambda, parameter_groups
 
@@ -129,6 +130,19 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     assert [c.name for c in categories] == ["circle", "rectangle", "triangle"] and options["num_classes"] == 4
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
+    # tools/eval_det.py --checkpoint: the same numbers as training's final evaluation, and its results file
+    # scores the same through the results mode.
+    out = tmp_path / "eval"
+    data_root = next((tmp_path / "cache").iterdir())
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "eval_det.py"), "--checkpoint",
+                           str(run / "checkpoints" / "last.ckpt"), "--data-root", str(data_root), "--out",
+                           str(out / "m.json"), "--results-out", str(out / "r.json"), "--plots", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "m.json").read_text()) == metrics
+    rescored = evaluate_results(data_root / "annotations" / "instances_val.json", out / "r.json", iou_types=["bbox"])
+    assert rescored["bbox"] == metrics["bbox"]
+    assert (out / "pr_bbox_iou50.png").is_file()
 
 
 def test_mask_rcnn_on_boxes_only_data_stops_before_training(tmp_path, shared_data):

@@ -1,7 +1,9 @@
-"""Score COCO detection results with pycocotools' numbers.
+"""Score COCO detection results, or a trained checkpoint, with pycocotools' numbers.
 
     python tools/eval_det.py --gt instances_val.json --results results.json [more.json ...] \
         --iou-types bbox segm --out metrics.json [--backend faster_coco_eval] [--plots DIR]
+    python tools/eval_det.py --checkpoint outputs/demo/checkpoints/last.ckpt --data-root DIR \
+        [--ann instances_val.json --images DIR] --out metrics.json [--results-out results.json] [--plots DIR]
 
 Several results files are concatenated in order (e.g. one file per process). The table is printed,
 the metrics dict (``resnet_fpn.evaluation.evaluate_results`` layout) is written to ``--out``.
@@ -14,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_fpn.evaluation import BACKENDS, IOU_TYPES, format_metrics_table, plot_precision_recall, score_results
 
@@ -28,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eval_det.py",
         description="Score COCO results files against COCO ground truth (pycocotools' statistics).",
     )
-    parser.add_argument("--gt", required=True, type=Path, help="COCO instances JSON (ground truth)")
+    parser.add_argument("--gt", type=Path, help="COCO instances JSON (ground truth) for --results")
     parser.add_argument(
-        "--results", required=True, nargs="+", type=Path,
+        "--results", nargs="+", type=Path,
         help="COCO results JSON file(s): lists of {image_id, category_id, score, bbox/segmentation}; concatenated",
     )
     parser.add_argument(
@@ -41,7 +45,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=BACKENDS, default="pycocotools", help="evaluation library (default: pycocotools)"
     )
     parser.add_argument("--plots", type=Path, help="write precision-recall PNGs into this folder")
+    ckpt = parser.add_argument_group("checkpoint mode: run a trained detector over a split, then score it")
+    ckpt.add_argument("--checkpoint", type=Path, help="a checkpoint written by tools/train_det.py")
+    ckpt.add_argument("--data-root", type=Path, help="its val split is evaluated (same layouts as training)")
+    ckpt.add_argument("--ann", type=Path, help="instances JSON of the split (overrides --data-root)")
+    ckpt.add_argument("--images", type=Path, help="image folder of the split (overrides --data-root)")
+    ckpt.add_argument("--results-out", type=Path, help="write the detector's COCO results JSON here")
+    ckpt.add_argument("--batch-size", type=int, default=2)
+    ckpt.add_argument("--device", default="cpu")
     return parser
+
+
+def write_outputs(args: argparse.Namespace, metrics: Dict[str, Any], precision, category_names, iou_types) -> None:
+    """Print the table; write ``--plots`` and ``--out``."""
+    print(format_metrics_table(metrics))
+    if args.plots is not None:
+        for iou_type in iou_types:
+            paths = plot_precision_recall(precision[iou_type], args.plots, iou_type=iou_type,
+                                          category_names=category_names)
+            print(f"wrote {', '.join(str(p) for p in paths)}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def evaluate_checkpoint_mode(args: argparse.Namespace) -> Dict[str, Any]:
+    """Checkpoint mode: detect on the split, write ``--results-out``, then as the results mode."""
+    from resnet_fpn.data import resolve_data_paths
+    from resnet_fpn.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    if args.ann is not None and args.images is not None:
+        ann, images = args.ann, args.images
+    else:
+        paths = resolve_data_paths(args.data_root, val_ann=args.ann, val_images=args.images)
+        ann, images = paths.val_ann, paths.val_images
+    metrics, results, evaluator = evaluate_checkpoint(
+        args.checkpoint, ann_file=ann, images_dir=images,
+        iou_types=args.iou_types if args.iou_types_given else None, backend=args.backend,
+        batch_size=args.batch_size, device=args.device,
+    )
+    if args.results_out is not None:
+        args.results_out.parent.mkdir(parents=True, exist_ok=True)
+        args.results_out.write_text(json.dumps(results))
+        print(f"wrote {len(results)} detections to {args.results_out}")
+    write_outputs(args, metrics, evaluator.precision, evaluator.category_names, evaluator.iou_types)
+    return metrics
 
 
 def score_results_files(args: argparse.Namespace) -> Dict[str, Any]:
@@ -54,17 +103,7 @@ def score_results_files(args: argparse.Namespace) -> Dict[str, Any]:
         The metrics dict.
     """
     result = score_results(args.gt, list(args.results), iou_types=args.iou_types, backend=args.backend)
-    print(format_metrics_table(result.metrics))
-    if args.plots is not None:
-        for iou_type in args.iou_types:
-            paths = plot_precision_recall(
-                result.precision[iou_type], args.plots, iou_type=iou_type, category_names=result.category_names
-            )
-            print(f"wrote {', '.join(str(p) for p in paths)}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.metrics, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_outputs(args, result.metrics, result.precision, result.category_names, args.iou_types)
     return result.metrics
 
 
@@ -79,8 +118,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.iou_types_given = "--iou-types" in (sys.argv[1:] if argv is None else argv)
+    if (args.checkpoint is None) == (args.results is None):
+        parser.error("give either --gt with --results (score results files) or --checkpoint (run a detector)")
+    if args.results is not None and args.gt is None:
+        parser.error("--results needs --gt")
+    if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
+        parser.error("--checkpoint needs --data-root, or both --ann and --images")
     try:
-        score_results_files(args)
+        if args.checkpoint is not None:
+            evaluate_checkpoint_mode(args)
+        else:
+            score_results_files(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0

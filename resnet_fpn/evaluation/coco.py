@@ -597,6 +597,10 @@ class COCOEvaluator:
         """Distinct image ids received by this process since the last reset."""
         return len(self._results)
 
+    def results(self) -> List[Dict[str, Any]]:
+        """The COCO results accumulated by this process so far (JSON-ready), in image-id order."""
+        return [entry for image_id in sorted(self._results) for entry in self._results[image_id]]
+
     def update(self, predictions: Sequence[Mapping[str, Any]], image_ids: Sequence[Any]) -> None:
         """Convert one batch of predictions to COCO results.
 

@@ -1,0 +1,63 @@
+"""Evaluate a trained detector checkpoint on a COCO-format split."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .coco import COCOEvaluator
+
+__all__ = ["evaluate_checkpoint"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: PathLike,
+    *,
+    ann_file: PathLike,
+    images_dir: PathLike,
+    iou_types: Optional[Sequence[str]] = None,
+    backend: str = "pycocotools",
+    batch_size: int = 2,
+    device: str = "cpu",
+    num_workers: int = 0,
+) -> Tuple[Dict[str, Any], List[Dict[str, Any]], COCOEvaluator]:
+    """Run a checkpoint's detector over every image of a split and score it with COCO mAP.
+
+    Args:
+        checkpoint: a checkpoint written by ``tools/train_det.py`` (see ``resnet_fpn.checkpoint``).
+        ann_file, images_dir: the split's COCO instances JSON and image folder.
+        iou_types: default ``bbox`` (and ``segm`` for Mask R-CNN).
+        backend: "pycocotools" or "faster_coco_eval".
+        batch_size, device, num_workers: inference settings.
+
+    Returns:
+        (metrics, COCO results list, the evaluator, whose ``precision`` feeds the PR plots).
+
+    Raises:
+        ValueError: the checkpoint's categories are not those of `ann_file` (the ids are named).
+    """
+    from ..checkpoint import detector_from_checkpoint
+    from ..data import CocoDetection, collate_fn
+
+    detector, categories, options = detector_from_checkpoint(checkpoint)
+    detector.to(device).eval()
+    dataset = CocoDetection(images_dir, ann_file, with_masks=False)
+    missing = sorted({c.id for c in categories} - set(dataset.category_ids))
+    if missing:
+        raise ValueError(f"{checkpoint} predicts category ids {missing[:10]} that {ann_file} does not define")
+    if iou_types is None:
+        iou_types = ["bbox", "segm"] if options["model"] == "mask_rcnn" else ["bbox"]
+    evaluator = COCOEvaluator(dataset.coco, iou_types=iou_types, backend=backend,
+                              label_to_category_id={c.label: c.id for c in categories})
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
+    for images, targets in tqdm(loader, desc="evaluating", unit="batch"):
+        outputs = detector([image.to(device) for image in images])
+        evaluator.update(outputs, [int(t["image_id"]) for t in targets])
+    metrics = evaluator.compute()
+    return metrics, evaluator.results(), evaluator
