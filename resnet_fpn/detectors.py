@@ -53,6 +53,7 @@ def build_detector(
     weights: Optional[WeightsSource] = None,
     norm: str = "auto",
     freeze_at: Optional[int] = None,
+    fpn_channels: int = 256,
     min_size: Union[int, Tuple[int, ...]] = 800,
     max_size: int = 1333,
     anchor_sizes: Optional[Sequence[int]] = None,
@@ -83,6 +84,8 @@ def build_detector(
             whose shapes differ (another number of classes) stay at their init, with a warning naming them.
         norm, freeze_at: backbone options (see ``build_backbone``); "auto" and None follow `backbone_weights`
             (or `weights`: a trained detector is fine-tuned with frozen BN and freeze_at 2, as torchvision).
+        fpn_channels: channels of the pyramid (256 as torchvision); the RPN and RoI heads follow it. On small
+            CPU images 128 halves a training step (the stride-4 FPN and RPN convs dominate).
         min_size, max_size: resize range of torchvision's transform; a tuple of min sizes picks one at
             random per training batch (multi-scale training).
         anchor_sizes: 5 sizes, one per pyramid level (default: torchvision's, 32..512).
@@ -123,6 +126,7 @@ def build_detector(
         norm=body_norm,
         freeze_at=(2 if pretrained else 0) if freeze_at is None else freeze_at,
         top_block=DETECTORS[model],
+        fpn_channels=fpn_channels,
     )
     common = dict(min_size=sizes if len(sizes) > 1 else sizes[0], max_size=max_size)
     anchors = _anchor_generator(model, anchor_sizes)

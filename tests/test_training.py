@@ -145,15 +145,21 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     assert (out / "pr_bbox_iou50.png").is_file()
 
 
-def test_mask_rcnn_on_boxes_only_data_stops_before_training(tmp_path, shared_data):
-    ann = json.loads((shared_data / "fruits_nuts" / "annotations" / "instances_train.json").read_text())
+def boxes_only_copy(shared_data: Path, tmp_path: Path) -> Path:
+    """fruits_nuts' 4 val images as a boxes-only data set (segmentation removed), used as train and val."""
+    ann = json.loads((shared_data / "fruits_nuts" / "annotations" / "instances_val.json").read_text())
     for a in ann["annotations"]:
         a.pop("segmentation", None)
     root = tmp_path / "boxes_only"
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances_train.json").write_text(json.dumps(ann))
-    (root / "annotations" / "instances_val.json").write_text(json.dumps(ann))
+    for split in ("train", "val"):
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(ann))
     (root / "images").symlink_to(shared_data / "fruits_nuts" / "images")
+    return root
+
+
+def test_mask_rcnn_on_boxes_only_data_stops_before_training(tmp_path, shared_data):
+    root = boxes_only_copy(shared_data, tmp_path)
     config = tiny_config(tmp_path, root=str(root))
     config["model"]["model"] = "mask_rcnn"
     with pytest.raises(ValueError, match=r"instances_train\.json: the annotations have no segmentation masks"):
@@ -166,14 +172,7 @@ def test_mask_rcnn_on_boxes_only_data_stops_before_training(tmp_path, shared_dat
 
 @pytest.mark.slow
 def test_faster_rcnn_on_boxes_only_data_trains_and_evaluates(tmp_path, shared_data):
-    ann = json.loads((shared_data / "fruits_nuts" / "annotations" / "instances_val.json").read_text())
-    for a in ann["annotations"]:
-        a.pop("segmentation", None)
-    root = tmp_path / "boxes_only"
-    (root / "annotations").mkdir(parents=True)
-    for split in ("train", "val"):
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(ann))
-    (root / "images").symlink_to(shared_data / "fruits_nuts" / "images")
+    root = boxes_only_copy(shared_data, tmp_path)
     config = tiny_config(tmp_path, root=str(root))
     config["model"]["min_size"] = config["model"]["max_size"] = 128
     result = train(config_from_dict(config))

@@ -39,6 +39,8 @@ __all__ = [
     "COCOEvalResult",
     "COCOEvaluator",
     "evaluate_results",
+    "encode_masks",
+    "xyxy_to_xywh",
     "score_results",
 ]
 
@@ -519,6 +521,30 @@ def evaluate_results(
 # --------------------------------------------------------------------------------------------
 # The streaming evaluator
 # --------------------------------------------------------------------------------------------
+def xyxy_to_xywh(boxes: Any) -> List[List[float]]:
+    """(N, 4) xyxy boxes -> COCO's [x, y, width, height] lists, computed in float64.
+
+    float64 so that the differences reach JSON without a float32 round trip.
+    """
+    boxes = torch.as_tensor(boxes).detach().to("cpu", torch.float64).reshape(-1, 4)
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+
+
+def encode_masks(masks: Any) -> List[Dict[str, Any]]:
+    """(N, H, W) boolean masks -> COCO compressed RLEs with ``counts`` as str (JSON-ready).
+
+    Example:
+        >>> encode_masks(torch.ones(1, 2, 2, dtype=torch.bool))[0]["size"]
+        [2, 2]
+    """
+    array = torch.as_tensor(masks).detach().to("cpu", torch.uint8).numpy()
+    # (N, H, W) C-order transposed to (H, W, N) is the Fortran layout mask.encode wants: no copy.
+    rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON (nor cheap to pickle)
+    return rles
+
+
 class COCOEvaluator:
     """Accumulates torchvision-style predictions and scores them with COCOeval.
 
@@ -655,8 +681,7 @@ class COCOEvaluator:
                 raise ValueError(
                     f"prediction for image {image_id}: boxes of shape {tuple(boxes.shape)}, expected ({n}, 4)"
                 )
-            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-            for r, b in zip(out, xywh):
+            for r, b in zip(out, xyxy_to_xywh(boxes)):
                 r["bbox"] = b
         if "segm" in self.iou_types:
             for r, rle in zip(out, self._encode_masks(pred["masks"], n, image_id)):
@@ -696,12 +721,7 @@ class COCOEvaluator:
             )
         # Threshold where the masks live (GPU) so only one byte per pixel crosses to the CPU.
         binary = masks if masks.dtype == torch.bool else masks > self.mask_threshold
-        array = binary.to("cpu", torch.uint8).numpy()
-        # (N, H, W) C-order transposed to (H, W, N) is the Fortran layout mask.encode wants: no copy.
-        rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON (nor cheap to pickle)
-        return rles
+        return encode_masks(binary)
 
     def compute(self) -> Dict[str, Any]:
         """Gather the results of every process, score them on rank 0 and share the metrics.

@@ -214,9 +214,7 @@ def write_prediction_pictures(module: DetectionModule, datamodule: DetectionData
     for index in range(min(count, len(dataset))):
         image, target = dataset[index]
         prediction = model([image.to(module.device)])[0]
-        prediction = {k: v.cpu() for k, v in prediction.items()}
-        prediction["names"] = [names.get(int(label), str(int(label))) for label in prediction["labels"]]
-        picture = draw_predictions((image * 255).to(torch.uint8), prediction, score_threshold=score_threshold)
+        picture = draw_predictions(image, prediction, score_threshold=score_threshold, label_names=names)
         path = out_dir / f"{int(target['image_id']):06d}.png"
         save_image(picture, path)
         written.append(path)
