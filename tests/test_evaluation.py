@@ -476,3 +476,28 @@ def test_benchmark_backends_agree(val100, reference):
         np.testing.assert_allclose(row["stats"]["bbox"], reference["bbox"].stats[:12], rtol=0, atol=1e-12)
         assert len(row["times_s"]) == 1 and row["median_s"] > 0
     assert rows[0]["speedup"] == 1.0
+
+
+def test_segm_memory_grows_with_detections_not_pixels(val100):
+    """Masks are RLE-encoded in update(): what the evaluator keeps per image is a few hundred bytes, not the
+    (N, 1, H, W) float probabilities it was given (20 x 480 x 640 x 4 bytes = 24.6 MB per image here)."""
+    import pickle
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(val100["gt"]))
+    evaluator = COCOEvaluator(coco, iou_types=["segm"], label_to_category_id=None)
+    category = sorted(coco.getCatIds())[0]
+    kept = []
+    for count, image_id in enumerate(sorted(coco.getImgIds())[:40], start=1):
+        info = coco.imgs[image_id]
+        h, w = info["height"], info["width"]
+        masks = torch.zeros(20, 1, h, w)
+        for i in range(20):
+            masks[i, 0, 10 + i: 60 + i, 20: 90 + 2 * i] = 0.9
+        evaluator.update([{"boxes": torch.tensor([[20.0, 10.0, 90.0, 60.0]] * 20), "scores": torch.linspace(0.9, 0.1, 20),
+                           "labels": torch.full((20,), category), "masks": masks}], [image_id])
+        if count in (10, 40):
+            kept.append(len(pickle.dumps(evaluator._results)))
+    per_image = (kept[1] - kept[0]) / 30
+    assert per_image < 20 * 400  # ~20 short RLE strings per image (about 200 bytes each)
+    assert per_image < 1e-3 * 20 * 480 * 640 * 4

@@ -162,12 +162,13 @@ def test_mask_rcnn_on_boxes_only_data_stops_before_training(tmp_path, shared_dat
     root = boxes_only_copy(shared_data, tmp_path)
     config = tiny_config(tmp_path, root=str(root))
     config["model"]["model"] = "mask_rcnn"
-    with pytest.raises(ValueError, match=r"instances_train\.json: the annotations have no segmentation masks"):
+    with pytest.raises(ValueError, match=r"instances_train\.json: with_masks=True but the annotations have no segmentation masks: "
+                       r"annotation id \d+ \(and 30 more\) has none"):
         train(config_from_dict(config))
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
     out = subprocess.run(TRAIN + ["--data-root", str(root), "--model", "mask_rcnn", "--max-steps", "1",
                                   "--output-dir", str(tmp_path / "cli")], capture_output=True, text=True)
-    assert out.returncode == 2 and "have no segmentation masks" in out.stderr
+    assert out.returncode == 2 and "the annotations have no segmentation masks" in out.stderr
 
 
 @pytest.mark.slow

@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
     p.add_argument("--num-nodes", type=int)
     p.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
+    p.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="train with NHWC (channels_last) convolutions: faster with oneDNN and cuDNN tensor cores")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--resume", nargs="?", const=True, default=None,
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
         "trainer.checkpoint_every_n_steps": args.checkpoint_every, "data.batch_size": args.batch_size,
         "optim.lr": args.lr, "trainer.devices": args.devices, "trainer.accelerator": args.accelerator,
         "trainer.strategy": args.strategy, "trainer.num_nodes": args.num_nodes, "trainer.precision": args.precision,
+        "trainer.channels_last": args.channels_last,
         "trainer.seed": args.seed, "data.num_workers": args.num_workers,
     }
     try:

@@ -184,8 +184,8 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.with_masks and not self._all_segmented:
             more = f" (and {self._num_unsegmented - 1} more)" if self._num_unsegmented > 1 else ""
             raise ValueError(
-                f"{self.ann_file}: with_masks=True but annotation id {self._first_unsegmented}{more} has no "
-                "segmentation; train a box-only model or add masks"
+                f"{self.ann_file}: with_masks=True but the annotations have no segmentation masks: annotation id "
+                f"{self._first_unsegmented}{more} has none; train a box-only model (faster_rcnn) or add masks"
             )
 
         # Build the pycocotools index from the dict already in memory rather than reading the file twice;

@@ -432,8 +432,9 @@ def export_model(
         from resnet_fpn.deploy.optimize import optimize_for_inference
 
         # channels_last is a memory layout of eager tensors; neither an ONNX graph nor a trace keeps it, so the
-        # export gets plain NCHW weights.
-        model = optimize_for_inference(model, channels_last=False)
+        # export gets plain NCHW weights. The fused oneDNN conv ops are eager-only (no ONNX symbolic): the
+        # export keeps the folded convs and lets the runtime fuse them.
+        model = optimize_for_inference(model, channels_last=False, fuse=False)
     if format == "onnx":
         return export_onnx(model, path, example_size=example_size, opset=opset, dynamic=dynamic)
     return export_torchscript(model, path, example_size=example_size)

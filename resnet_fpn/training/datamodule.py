@@ -74,11 +74,6 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_dataset = CocoDetection(paths.train_images, paths.train_ann, with_masks=self.with_masks,
                                            transforms=build_transforms(self.config.augment, seed=self.seed))
         self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=False)
-        if self.with_masks and not self.train_dataset.has_masks:
-            raise ValueError(
-                f"{paths.train_ann}: the annotations have no segmentation masks, which Mask R-CNN needs to train; "
-                f"use --model faster_rcnn for boxes-only data"
-            )
         if self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(
                 f"{paths.train_ann} and {paths.val_ann} list different categories "

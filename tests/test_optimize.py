@@ -1,0 +1,139 @@
+"""optimize_for_inference: BN folding is exact, the input model is untouched, detectors keep their detections."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from resnet_fpn import build_backbone, build_detector, optimize_for_inference
+from resnet_fpn.deploy import InferenceWrapper, fold_batchnorm, norms_after_convs
+from resnet_fpn.deploy.benchmark import max_relative_difference, randomize_norm_statistics
+from resnet_fpn.deploy.optimize import _cpu_has_native_bf16
+
+
+def _norm_count(model: nn.Module) -> int:
+    return sum(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules())
+
+
+# name -> (BN layers, of which directly after a conv). Post-activation nets: every BN follows a conv
+# (resnet18: stem 1 + 8 blocks x 2 + 3 projections = 20; resnet50: 1 + 16 x 3 + 4 = 53; the deep stem of
+# resnet50d adds 2). Pre-activation (He et al., 2016, "Identity mappings"): only bn2 of each of the 8 blocks
+# follows a conv; bn1 precedes one (with a ReLU between) and the final norm follows the residual add.
+FOLDABLE = {
+    "resnet18-fpn": (20, 20),
+    "resnet50d-fpn": (55, 55),
+    "se_resnext50_32x4d-fpn": (53, 53),
+    "preact_resnet18-fpn": (17, 8),
+}
+
+
+@pytest.fixture(scope="module")
+def image_batch():
+    return torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", sorted(FOLDABLE))
+def test_fold_counts_and_exactness(name, image_batch):
+    backbone = randomize_norm_statistics(build_backbone(name, norm="frozen_bn").eval())
+    total, foldable = FOLDABLE[name]
+    assert _norm_count(backbone) == total
+    assert len(norms_after_convs(backbone)) == foldable
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+
+    fast = optimize_for_inference(backbone)
+
+    # The input model is not modified.
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    assert isinstance(fast, InferenceWrapper) and fast.channels_last
+    assert norms_after_convs(fast.module) == []
+    assert _norm_count(fast.module) == total - foldable
+    assert not any(p.requires_grad for p in fast.parameters())
+    # The wrapper stands in for the backbone: its declared shapes are the backbone's.
+    assert fast.out_channels == backbone.out_channels
+    with torch.inference_mode():
+        reference, out = backbone(image_batch), fast(image_batch)
+    assert max_relative_difference(out, reference) <= 1e-4
+
+
+def test_fold_batchnorm_leaves_training_mode_norms():
+    # Trainable BN in train mode normalises with batch statistics: nothing can be folded.
+    backbone = build_backbone("resnet18-fpn", norm="bn").train()
+    assert fold_batchnorm(backbone) == 0
+    assert fold_batchnorm(backbone.eval()) == 20
+
+
+def test_fused_graph_runs_only_without_grad(image_batch):
+    backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
+    fast = optimize_for_inference(backbone)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    assert fast.fused  # conv+ReLU and conv+add+ReLU as oneDNN ops on CPU
+    x = image_batch.clone().requires_grad_(True)
+    out = fast(x)  # an input that needs grad runs the unfused (differentiable) module
+    sum(v.sum() for v in out.values()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_detector_keeps_its_detections():
+    torch.manual_seed(0)
+    # score_thresh 0 and 91 classes: many detections, so a folding error would move some of them.
+    detector = build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=91, norm="frozen_bn",
+                              min_size=256, max_size=320, score_thresh=0.0).eval()
+    randomize_norm_statistics(detector)
+    # A fresh detector that never ran forward: tracing must not leave fx proxies in MultiScaleRoIAlign.
+    fast = optimize_for_inference(detector)
+    assert type(fast) is type(detector) and norms_after_convs(fast) == []
+    image = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, out = detector([image])[0], fast([image])[0]
+        again = fast([image])[0]
+    assert len(ref["boxes"]) == len(out["boxes"]) > 0
+    assert torch.equal(ref["labels"], out["labels"])
+    assert (ref["boxes"] - out["boxes"]).abs().max() <= 1e-3
+    assert torch.equal(out["boxes"], again["boxes"])
+
+
+def test_bf16_is_close(image_batch):
+    backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
+    if _cpu_has_native_bf16():
+        fast = optimize_for_inference(backbone, dtype=torch.bfloat16)
+    else:
+        with pytest.warns(UserWarning, match="without native bf16"):
+            fast = optimize_for_inference(backbone, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        reference, out = backbone(image_batch), fast(image_batch)
+    assert all(v.dtype == torch.float32 for v in out.values())
+    # bf16 keeps 8 bits of mantissa (relative rounding 2**-9 per op); over 18 convs a few percent of the range.
+    assert max_relative_difference(out, reference) <= 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"dtype": torch.int8}, ValueError, r"dtype must be one of .*torch\.bfloat16.*got torch\.int8"),
+        ({"dtype": "bf16"}, TypeError, r"dtype must be None or a torch\.dtype, got str 'bf16'"),
+        ({"dtype": torch.float16}, ValueError, r"float16 is only supported for models on CUDA.*on cpu"),
+        ({"channels_last": "yes"}, TypeError, r"channels_last must be a bool, got str 'yes'"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        optimize_for_inference(build_backbone("resnet18-fpn"), **kwargs)
+
+
+def test_not_a_module():
+    with pytest.raises(TypeError, match=r"optimize_for_inference expects an nn\.Module, got dict"):
+        optimize_for_inference({"conv1.weight": torch.zeros(1)})
+
+
+def test_copy_is_independent_of_later_changes_to_the_original(image_batch):
+    backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
+    fast = optimize_for_inference(backbone)
+    with torch.inference_mode():
+        first = fast(image_batch)
+        with torch.no_grad():
+            backbone.body.conv1.weight.zero_()
+        second = fast(image_batch)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert copy.deepcopy(fast) is not None  # the copy itself can be copied (kept as an artefact)
