@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) tools/train_det.py --config configs/demo_cpu.yaml
 
-# The Mask R-CNN variant of the demo (boxes and masks, ~15 min).
+# The Mask R-CNN variant of the demo (boxes and masks, ~20 min on 2 cores).
 demo-mask: $(STAMP)
 	$(PY) tools/train_det.py --config configs/demo_mask_cpu.yaml
 

@@ -14,8 +14,9 @@ from torch import nn
 
 from resnet_fpn.checkpoint import detector_from_checkpoint
 from resnet_fpn.evaluation import evaluate_results
+from resnet_fpn.evaluation.checkpoint_eval import evaluate_checkpoint
 from resnet_fpn.training import config_from_dict, load_config, train
-from resnet_fpn.training.module import lr_lambda, parameter_groups
+from resnet_fpn.training.module import DetectionModule, lr_lambda, parameter_groups
 
 from conftest import REPO
 
@@ -47,6 +48,7 @@ def test_reference_recipe_matches_detectron2_1x():
         ({"optim": {"name": "adam"}}, r"optim\.name must be one of \('sgd', 'adamw'\), got 'adam'"),
         ({"trainer": {"precision": "fp8"}}, r"trainer\.precision must be one of .* got 'fp8'"),
         ({"data": 3}, r"config\.data: expected a mapping of options, got int 3"),
+        ({"trainer": {"channels_last": "yes"}}, r"trainer\.channels_last must be true or false, got 'yes'"),
     ],
 )
 def test_config_errors_name_the_key(data, match):
@@ -66,6 +68,32 @@ def test_overrides_and_yaml_errors(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match=r"config file not found: .*missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_profile_step_times_data_and_steps_and_lists_operators(tmp_path):
+    from resnet_fpn.training.profile import format_step_profile, profile_train_step
+
+    result = profile_train_step(config_from_dict(tiny_config(tmp_path)), steps=2, top=3,
+                                model_overrides={"box_head_dim": 64})
+    assert result["data_ms"] > 0 and result["step_s"] > 0 and len(result["ops"]) == 3
+    # Operators are listed by self CPU time, largest first.
+    assert [ms for _, ms in result["ops"]] == sorted((ms for _, ms in result["ops"]), reverse=True)
+    table = format_step_profile(result)
+    assert table.splitlines()[2] == "| operator | self CPU ms |" and len(table.splitlines()) == 7
+
+
+def test_channels_last_training_converts_the_detector(tmp_path):
+    config = tiny_config(tmp_path)
+    config["trainer"].update({"max_steps": 1, "val_every_n_steps": None, "channels_last": True})
+    parsed = config_from_dict(config)
+    module = DetectionModule(model={**parsed.model, "num_classes": 4}, optim=vars(parsed.optim),
+                             categories=[{"label": i, "id": i, "name": str(i)} for i in (1, 2, 3)], max_steps=1,
+                             channels_last=True)
+    weights = [m.weight for m in module.model.modules() if isinstance(m, nn.Conv2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    result = train(parsed)  # one step, then the final evaluation, in NHWC
+    assert set(result["metrics"]) == {"bbox", "per_category"}
+    assert math.isfinite(result["metrics"]["bbox"]["AP"])
 
 
 # --------------------------------------------------------------------------------------- schedule, optim
@@ -143,6 +171,15 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     rescored = evaluate_results(data_root / "annotations" / "instances_val.json", out / "r.json", iou_types=["bbox"])
     assert rescored["bbox"] == metrics["bbox"]
     assert (out / "pr_bbox_iou50.png").is_file()
+    # The inference-optimised detector (folded BN, channels_last, fused convs) detects the same boxes.
+    ann, images = data_root / "annotations" / "instances_val.json", data_root / "images"
+    fast_metrics, fast_results, _ = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann,
+                                                        images_dir=images, optimize=True)
+    assert len(fast_results) == len(json.loads((out / "r.json").read_text()))
+    assert abs(fast_metrics["bbox"]["AP"] - metrics["bbox"]["AP"]) <= 1e-3
+    with pytest.raises(ValueError, match=r"dtype=torch\.bfloat16 needs optimize=True"):
+        evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann, images_dir=images,
+                            dtype=torch.bfloat16)
 
 
 def boxes_only_copy(shared_data: Path, tmp_path: Path) -> Path:

@@ -4,6 +4,7 @@
         --iou-types bbox segm --out metrics.json [--backend faster_coco_eval] [--plots DIR]
     python tools/eval_det.py --checkpoint outputs/demo/checkpoints/last.ckpt --data-root DIR \
         [--ann instances_val.json --images DIR] --out metrics.json [--results-out results.json] [--plots DIR]
+        [--optimize [--dtype bfloat16]]
 
 Several results files are concatenated in order (e.g. one file per process). The table is printed,
 the metrics dict (``resnet_fpn.evaluation.evaluate_results`` layout) is written to ``--out``.
@@ -19,7 +20,11 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from resnet_fpn.evaluation import BACKENDS, IOU_TYPES, format_metrics_table, plot_precision_recall, score_results
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--results-out", type=Path, help="write the detector's COCO results JSON here")
     ckpt.add_argument("--batch-size", type=int, default=2)
     ckpt.add_argument("--device", default="cpu")
+    ckpt.add_argument("--optimize", action="store_true",
+                      help="run resnet_fpn.optimize_for_inference(detector) (folded BN, channels_last, fused convs)")
+    ckpt.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                      help="with --optimize: bfloat16 (CPU or CUDA) or float16 (CUDA) autocast")
     return parser
 
 
@@ -83,7 +92,8 @@ def evaluate_checkpoint_mode(args: argparse.Namespace) -> Dict[str, Any]:
     metrics, results, evaluator = evaluate_checkpoint(
         args.checkpoint, ann_file=ann, images_dir=images,
         iou_types=args.iou_types if args.iou_types_given else None, backend=args.backend,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, optimize=args.optimize,
+        dtype=None if args.dtype is None else DTYPES[args.dtype],
     )
     if args.results_out is not None:
         args.results_out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give either --gt with --results (score results files) or --checkpoint (run a detector)")
     if args.results is not None and args.gt is None:
         parser.error("--results needs --gt")
+    if args.dtype is not None and not args.optimize:
+        parser.error("--dtype needs --optimize")
     if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
         parser.error("--checkpoint needs --data-root, or both --ann and --images")
     try:

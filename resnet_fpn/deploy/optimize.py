@@ -220,6 +220,10 @@ def _is_relu(root: nn.Module, node: torch.fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1
 
 
+# The residual add: ``out += shortcut`` (torchvision's blocks and ours) traces as operator.iadd.
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
 def _fusable_conv(module: nn.Module) -> bool:
     return (
         type(module) is nn.Conv2d
@@ -266,7 +270,7 @@ def fuse_conv_pointwise(module: nn.Module) -> Optional[torch.fx.GraphModule]:
         user = next(iter(node.users))
         if _is_relu(root, user):
             binary, other, last = None, None, user
-        elif (user.op == "call_function" and user.target in (operator.add, torch.add) and not user.kwargs
+        elif (user.op == "call_function" and user.target in _ADDS and not user.kwargs
               and len(user.args) == 2 and user.args[0] is not user.args[1]):
             other = user.args[1] if user.args[0] is node else user.args[0]
             if not isinstance(other, torch.fx.Node):

@@ -166,10 +166,16 @@ class _Residual(nn.Module):
         self.downsample = downsample
         self.has_shortcut = has_shortcut
 
-    def _shortcut(self, x: Tensor) -> Optional[Tensor]:
-        if not self.has_shortcut:
-            return None
-        return x if self.downsample is None else self.downsample(x)
+    def _add_shortcut(self, out: Tensor, x: Tensor) -> Tensor:
+        """ReLU(out + shortcut(x)) for post-activation blocks.
+
+        As torchvision's blocks: the projection runs after the residual branch (so its output is not held
+        while the branch runs) and is added in place; the branch's last op (a norm, or SE's product) does not
+        save its output for backward, so autograd allows it, and no new activation is allocated.
+        """
+        if self.has_shortcut:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class BasicBlock(_Residual):
@@ -200,14 +206,11 @@ class BasicBlock(_Residual):
         self.se = SqueezeExcite(planes) if options.se else None
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = self._shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
-        if shortcut is not None:
-            out = out + shortcut
-        return self.relu(out)
+        return self._add_shortcut(out, x)
 
     def last_norm(self) -> nn.Module:
         return self.bn2
@@ -249,15 +252,12 @@ class Bottleneck(_Residual):
         self.se = SqueezeExcite(out_ch) if options.se else None
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = self._shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
-        if shortcut is not None:
-            out = out + shortcut
-        return self.relu(out)
+        return self._add_shortcut(out, x)
 
     def last_norm(self) -> nn.Module:
         return self.bn3

@@ -61,13 +61,18 @@ class DetectionModule(L.LightningModule):
         categories: ``[{"label": 1, "id": 18, "name": "dog"}, ...]``.
         max_steps: total steps, for the cosine schedule.
         eval_backend: "pycocotools" or "faster_coco_eval".
+        channels_last: convert the detector to torch.channels_last (NHWC convolutions).
     """
 
     def __init__(self, *, model: Mapping[str, Any], optim: Mapping[str, Any], categories: Sequence[Mapping[str, Any]],
-                 max_steps: int, eval_backend: str = "pycocotools") -> None:
+                 max_steps: int, eval_backend: str = "pycocotools", channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_detector(**model)
+        if channels_last:
+            # Converts the 4-d weights; conv outputs then follow the weights' layout (oneDNN and cuDNN pick
+            # NHWC when either operand is), and Module.to(device) keeps the format.
+            self.model.to(memory_format=torch.channels_last)
         self.categories: List[Category] = read_categories(self.hparams, "DetectionModule")
         self.evaluator: Optional[COCOEvaluator] = None
         self.last_metrics: Optional[Dict[str, Any]] = None

@@ -144,11 +144,8 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
         categories=[vars(c) for c in categories],
         max_steps=config.trainer.max_steps,
         eval_backend=config.trainer.eval_backend,
+        channels_last=config.trainer.channels_last,
     )
-    if config.trainer.channels_last:
-        # Converts the 4-d weights; conv outputs then follow the weights' layout (oneDNN/cuDNN pick NHWC when
-        # either operand is), and Module.to(device) later keeps the format.
-        module.model.to(memory_format=torch.channels_last)
     output_dir.mkdir(parents=True, exist_ok=True)
     history_path = output_dir / "history.json"
     if ckpt_path is None and history_path.exists():
