@@ -41,10 +41,16 @@ def test_report_marks_targets():
     wrong = Row("detector fp32", "torchvision", "ours optimized", 3.0, 2.0, diff=0.5, diff_kind="px",
                 target=1.35, agrees=False)
     assert fast.speedup == 2.0 and fast.met and wrong.speedup == 1.5 and not wrong.met
-    report = format_report({"rows": [fast, wrong], "memory": [MemoryRow("backbone", 400.0, 300.0, "optimized fp32")],
-                            "evaluator": [], "skipped": ["evaluator: not found"]})
+    memory = [MemoryRow("backbone", 400.0, 300.0, "optimized fp32"),
+              # equal networks: 0.2 MiB above the reference, inside a 0.3 MiB run-to-run spread -> not higher
+              MemoryRow("train_mask_rcnn", 594.2, 594.4, "fp32 train step", resolution_mib=0.3),
+              MemoryRow("train_faster_rcnn", 583.5, 590.0, "fp32 train step", resolution_mib=0.3)]
+    report = format_report({"rows": [fast, wrong], "memory": memory, "evaluator": [],
+                            "skipped": ["evaluator: not found"]})
     assert "| backbone fp32 | torchvision fp32 eager | ours optimized fp32 | 1.800 | 0.900 | 2.00x |" in report
     assert "| 1.35x | **no** |" in report
-    assert "| backbone | optimized fp32 | 400 | 300 | 0.75 | yes |" in report
+    assert "| backbone | optimized fp32 | 400.0 | 300.0 | 0.750 | 0.0 | yes |" in report
+    assert "| train_mask_rcnn | fp32 train step | 594.2 | 594.4 | 1.000 | 0.3 | yes |" in report
+    assert "| train_faster_rcnn | fp32 train step | 583.5 | 590.0 | 1.011 | 0.3 | **no** |" in report
     assert "Skipped: evaluator: not found" in report
     assert len(CASES) == 7

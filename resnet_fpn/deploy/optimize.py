@@ -94,7 +94,7 @@ def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 
 def _is_foldable_norm(module: nn.Module, conv: nn.Module) -> bool:
-    if type(module) not in _FOLDABLE_NORMS:
+    if not isinstance(module, _FOLDABLE_NORMS):
         return False
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         # Only running statistics can be folded: in training mode, or without tracked statistics, BN
