@@ -61,6 +61,19 @@ def test_fold_batchnorm_leaves_training_mode_norms():
     assert fold_batchnorm(backbone.eval()) == 20
 
 
+def test_fold_batchnorm_skips_norm_subclasses_with_other_maths():
+    # timm's BatchNormAct2d is a BatchNorm2d that also applies its activation: folding it would drop the ReLU.
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+        assert fold_batchnorm(model) == 1 and isinstance(model[1], BatchNormAct2d)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
 def test_fused_graph_runs_only_without_grad(image_batch):
     backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
     fast = optimize_for_inference(backbone)

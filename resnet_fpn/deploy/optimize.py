@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..backbone.norms import FrozenBatchNorm2d as FusedFrozenBatchNorm2d
+
 __all__ = [
     "optimize_for_inference", "fold_batchnorm", "fuse_conv_pointwise", "norms_after_convs", "InferenceWrapper",
     "ConvPointwise", "LOWER_PRECISION_DTYPES",
@@ -33,8 +35,8 @@ __all__ = [
 
 # Exact types only: subclasses change the maths. timm's BatchNormAct2d (a BatchNorm2d subclass) applies an
 # activation after the affine map, and its StdConv2d (a Conv2d subclass) standardises its weight in forward,
-# which would undo the scaling folded into it.
-_FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
+# which would undo the scaling folded into it. Our FrozenBatchNorm2d subclass computes torchvision's map.
+_FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, FusedFrozenBatchNorm2d)
 _FOLDABLE_CONVS = (nn.Conv2d,)
 LOWER_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -94,7 +96,7 @@ def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 
 def _is_foldable_norm(module: nn.Module, conv: nn.Module) -> bool:
-    if not isinstance(module, _FOLDABLE_NORMS):
+    if type(module) not in _FOLDABLE_NORMS:
         return False
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         # Only running statistics can be folded: in training mode, or without tracked statistics, BN
@@ -532,6 +534,6 @@ def norms_after_convs(module: nn.Module) -> List[str]:
         if node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node):
             source = node.args[0]
             if source.op == "call_module" and isinstance(module.get_submodule(source.target), nn.Conv2d):
-                if isinstance(module.get_submodule(node.target), _FOLDABLE_NORMS):
+                if type(module.get_submodule(node.target)) in _FOLDABLE_NORMS:
                     names.append(node.target)
     return names
