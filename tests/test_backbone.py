@@ -156,27 +156,6 @@ def test_register_custom_backbone():
         register_backbone("tiny-test-fpn", tiny)
 
 
-def test_frozen_bn_is_torchvisions_with_a_fused_multiply_add():
-    from resnet_fpn.backbone import FrozenBatchNorm2d as OurFrozenBatchNorm2d
-
-    torch.manual_seed(0)
-    reference = FrozenBatchNorm2d(16, eps=1e-5)
-    for name in ("weight", "bias", "running_mean"):
-        getattr(reference, name).copy_(torch.randn(16))
-    reference.running_var.copy_(torch.rand(16) + 0.1)
-    ours = OurFrozenBatchNorm2d(16, eps=1e-5)
-    # torchvision's class, same keys; a BatchNorm2d's num_batches_tracked is dropped as torchvision does
-    ours.load_state_dict({**reference.state_dict(), "num_batches_tracked": torch.tensor(3)})
-    assert isinstance(ours, FrozenBatchNorm2d) and list(ours.state_dict()) == list(reference.state_dict())
-    x = torch.randn(2, 16, 9, 7, requires_grad=True)
-    expected, got = reference(x), ours(x)
-    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
-    (grad_expected,) = torch.autograd.grad(expected.sum(), x)
-    (grad_got,) = torch.autograd.grad(got.sum(), x)
-    assert torch.allclose(grad_got, grad_expected, rtol=1e-6, atol=1e-6)
-    assert isinstance(build_backbone("resnet18", norm="frozen_bn").bn1, OurFrozenBatchNorm2d)
-
-
 def test_torchvision_detection_checkpoint_gives_identical_backbone_outputs(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)

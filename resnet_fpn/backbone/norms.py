@@ -3,36 +3,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d as _TorchvisionFrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["NORMS", "FrozenBatchNorm2d", "norm_layer_for", "convert_frozen_batchnorm", "freeze_module",
-           "check_freeze_at"]
-
-class FrozenBatchNorm2d(_TorchvisionFrozenBatchNorm2d):
-    """torchvision's FrozenBatchNorm2d with its affine map applied as one fused multiply-add.
-
-    Same buffers, state-dict keys and ``isinstance`` as torchvision's class (it is a subclass), so
-    checkpoints and code written for it keep working. torchvision computes ``x * scale + bias``: two passes
-    over the feature map and a full-size temporary; ``torch.addcmul(bias, x, scale)`` is one pass and one
-    output, which makes a training step's frozen-BN layers faster and its transient memory smaller. The
-    result equals torchvision's to float rounding (one fused rounding instead of two).
-
-    Example:
-        >>> bn = FrozenBatchNorm2d(64)
-        >>> bn(torch.rand(2, 64, 8, 8)).shape
-        torch.Size([2, 64, 8, 8])
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        bias = self.bias - self.running_mean * scale
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            # ONNX has no fused multiply-add: addcmul would export as Mul, Mul (by its value 1), Add.
-            return x * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
-        return torch.addcmul(bias.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
-
+__all__ = ["NORMS", "norm_layer_for", "convert_frozen_batchnorm", "freeze_module", "check_freeze_at"]
 
 # "auto" is resolved by build_backbone: frozen BN with pretrained weights, BN from scratch.
 NORMS = ("auto", "frozen_bn", "bn", "sync_bn", "gn")

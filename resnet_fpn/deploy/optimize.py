@@ -26,8 +26,6 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..backbone.norms import FrozenBatchNorm2d as FusedFrozenBatchNorm2d
-
 __all__ = [
     "optimize_for_inference", "fold_batchnorm", "fuse_conv_pointwise", "norms_after_convs", "InferenceWrapper",
     "ConvPointwise", "LOWER_PRECISION_DTYPES",
@@ -35,8 +33,8 @@ __all__ = [
 
 # Exact types only: subclasses change the maths. timm's BatchNormAct2d (a BatchNorm2d subclass) applies an
 # activation after the affine map, and its StdConv2d (a Conv2d subclass) standardises its weight in forward,
-# which would undo the scaling folded into it. Our FrozenBatchNorm2d subclass computes torchvision's map.
-_FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, FusedFrozenBatchNorm2d)
+# which would undo the scaling folded into it.
+_FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 _FOLDABLE_CONVS = (nn.Conv2d,)
 LOWER_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
 
