@@ -11,6 +11,7 @@ Public API:
 """
 from .backbone import ShapeSpec, build_backbone, list_backbones, register_backbone
 from .checkpoint import detector_from_checkpoint
+from .coco_format import Category
 from .deploy import optimize_for_inference
 from .detectors import build_detector
 from .models import ResNet, build_resnet, list_models
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ResNet", "build_resnet", "list_models", "load_weights", "LoadReport",
     "build_backbone", "list_backbones", "register_backbone", "ShapeSpec",
-    "build_detector", "detector_from_checkpoint", "Predictor", "optimize_for_inference",
+    "build_detector", "detector_from_checkpoint", "Category", "Predictor", "optimize_for_inference",
     "__version__",
 ]

@@ -12,7 +12,6 @@ data set's category ids and names.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple, Union
@@ -20,36 +19,12 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .coco_format import Category
 from .detectors import build_detector
+from .files import atomic_torch_save
 from .weights import load_weights
 
-__all__ = ["Category", "detector_from_checkpoint", "save_detector_checkpoint", "atomic_torch_save"]
-
-
-@dataclass(frozen=True)
-class Category:
-    """A training label (1..K) with the data set's category id and name."""
-
-    label: int
-    id: int
-    name: str
-
-
-def atomic_torch_save(obj: object, path: Union[str, os.PathLike]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a killed write leaves no torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX within one file system
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["DetectorCheckpoint", "detector_from_checkpoint", "save_detector_checkpoint"]
 
 
 def save_detector_checkpoint(

@@ -22,15 +22,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
-from .checkpoint import Category, detector_from_checkpoint
-from .evaluation.coco import encode_masks, xyxy_to_xywh
+from .checkpoint import detector_from_checkpoint
+from .coco_format import MASK_THRESHOLD, Category, encode_masks, xyxy_to_xywh
 
 __all__ = ["ImageInput", "Prediction", "Predictor", "read_image", "to_float_image"]
 
 #: What `Predictor` accepts as one image.
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, Tensor]
-# torchvision's mask probabilities are foreground above this value (as the COCO evaluator thresholds them).
-MASK_THRESHOLD = 0.5
 # Float tensors are checked to lie in [0, 1] up to this slack (resampling can overshoot by rounding).
 _RANGE_SLACK = 1e-3
 

@@ -19,10 +19,10 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
+from .coco_format import MASK_THRESHOLD
+
 __all__ = ["label_color", "draw_predictions", "save_image"]
 
-# Raw torchvision masks are probabilities; foreground above this value (as the predictor and the evaluator).
-MASK_THRESHOLD = 0.5
 _GOLDEN_RATIO = 0.618033988749895
 
 

@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 from resnet_fpn.backbone import build_backbone
-from resnet_fpn.checkpoint import Category, save_detector_checkpoint
+from resnet_fpn import Category
+from resnet_fpn.checkpoint import save_detector_checkpoint
 from resnet_fpn.deploy.export import (
     DEFAULT_TOLERANCES,
     ExportedModel,

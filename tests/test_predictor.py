@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from resnet_fpn.checkpoint import Category, save_detector_checkpoint
+from resnet_fpn import Category
+from resnet_fpn.checkpoint import save_detector_checkpoint
 from resnet_fpn.detectors import build_detector
 from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn.predictor import Prediction, Predictor, read_image, to_float_image

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..files import atomic_path, atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SHAPES", "make_synthetic_coco"]
@@ -165,19 +167,11 @@ def _draw_image(
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # Write then rename: an interrupted run never leaves a half-written file, and two processes generating
-    # the same set at once (e.g. DDP ranks) each replace a file with identical bytes.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _save_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # compress_level=1: noisy images barely compress anyway, and level 6 takes several times longer.
-    Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    # Atomic: two processes generating the same set at once (DDP ranks) each replace a file with identical
+    # bytes. compress_level=1: noisy images barely compress anyway, and level 6 takes several times longer.
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
 
 
 def _read_manifest(root: Path) -> Optional[Dict[str, Any]]:
@@ -285,7 +279,7 @@ def make_synthetic_coco(
             if _FILE_RE.match(name):
                 (images_dir / name).unlink()
     # Marked incomplete until the last file is written, so an interrupted run is redone next time.
-    _atomic_write_bytes(root / MANIFEST, json.dumps({"params": params, "complete": False}, indent=2).encode())
+    atomic_write_bytes(root / MANIFEST, json.dumps({"params": params, "complete": False}, indent=2).encode())
 
     categories = [{"id": i + 1, "name": SHAPES[i], "supercategory": "shape"} for i in range(num_classes)]
     next_image_id = 1
@@ -312,7 +306,7 @@ def make_synthetic_coco(
             "annotations": annotations,
             "categories": categories,
         }
-        _atomic_write_bytes(ann_dir / f"instances_{split}.json", json.dumps(data, separators=(",", ":")).encode())
+        atomic_write_bytes(ann_dir / f"instances_{split}.json", json.dumps(data, separators=(",", ":")).encode())
         logger.info("synthetic %s: %d images, %d objects -> %s", split, count, len(annotations), root)
-    _atomic_write_bytes(root / MANIFEST, json.dumps({"params": params, "complete": True}, indent=2).encode())
+    atomic_write_bytes(root / MANIFEST, json.dumps({"params": params, "complete": True}, indent=2).encode())
     return root

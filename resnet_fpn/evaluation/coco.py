@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from pycocotools import mask as mask_util
 
+from ..coco_format import MASK_THRESHOLD, encode_masks, xyxy_to_xywh
+
 __all__ = [
     "BACKENDS",
     "IOU_TYPES",
@@ -39,8 +41,6 @@ __all__ = [
     "COCOEvalResult",
     "COCOEvaluator",
     "evaluate_results",
-    "encode_masks",
-    "xyxy_to_xywh",
     "score_results",
 ]
 
@@ -521,30 +521,6 @@ def evaluate_results(
 # --------------------------------------------------------------------------------------------
 # The streaming evaluator
 # --------------------------------------------------------------------------------------------
-def xyxy_to_xywh(boxes: Any) -> List[List[float]]:
-    """(N, 4) xyxy boxes -> COCO's [x, y, width, height] lists, computed in float64.
-
-    float64 so that the differences reach JSON without a float32 round trip.
-    """
-    boxes = torch.as_tensor(boxes).detach().to("cpu", torch.float64).reshape(-1, 4)
-    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-
-
-def encode_masks(masks: Any) -> List[Dict[str, Any]]:
-    """(N, H, W) boolean masks -> COCO compressed RLEs with ``counts`` as str (JSON-ready).
-
-    Example:
-        >>> encode_masks(torch.ones(1, 2, 2, dtype=torch.bool))[0]["size"]
-        [2, 2]
-    """
-    array = torch.as_tensor(masks).detach().to("cpu", torch.uint8).numpy()
-    # (N, H, W) C-order transposed to (H, W, N) is the Fortran layout mask.encode wants: no copy.
-    rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON (nor cheap to pickle)
-    return rles
-
-
 class COCOEvaluator:
     """Accumulates torchvision-style predictions and scores them with COCOeval.
 
@@ -569,7 +545,7 @@ class COCOEvaluator:
         iou_types: Union[str, Sequence[str]] = ("bbox",),
         backend: str = "pycocotools",
         label_to_category_id: Optional[Mapping[int, int]] = None,
-        mask_threshold: float = 0.5,
+        mask_threshold: float = MASK_THRESHOLD,
     ) -> None:
         """Create an evaluator.
 

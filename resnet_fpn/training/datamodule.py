@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from ..checkpoint import Category
+from ..coco_format import Category
 from ..data import (CocoDetection, DataPaths, GroupedBatchSampler, aspect_ratio_groups, build_transforms,
                     collate_fn, make_synthetic_coco, resolve_data_paths)
 from .config import DataConfig

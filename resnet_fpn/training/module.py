@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..checkpoint import Category, read_categories
+from ..checkpoint import read_categories
+from ..coco_format import Category
 from ..detectors import build_detector
 from ..evaluation import COCOEvaluator
 from ..evaluation.coco import STAT_NAMES

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ..evaluation import format_metrics_table
+from ..files import atomic_write_json
 from .config import TrainConfig
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
@@ -52,9 +53,7 @@ class ValidationHistory(Callback):
         for iou_type in pl_module.iou_types:
             row[f"{iou_type}_AP"] = pl_module.last_metrics[iou_type]["AP"]
         self.rows.append(row)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.rows, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.rows, indent=1)
 
 
 def find_resume_checkpoint(output_dir: Union[str, Path], resume: Union[bool, str, None]) -> Optional[str]:
@@ -169,9 +168,7 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
     result = TrainResult(metrics=metrics, output_dir=str(output_dir),
                          checkpoint=str(output_dir / "checkpoints" / "last.ckpt"))
     if trainer.is_global_zero:
-        tmp = output_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, output_dir / "metrics.json")
+        atomic_write_json(output_dir / "metrics.json", metrics)
         print(format_metrics_table(metrics))
         print(f"metrics written to {output_dir / 'metrics.json'}")
         if history.rows:
