@@ -8,18 +8,30 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from .backbone import build_backbone
 from .models.variants import suggest_names
 from .weights import WeightsSource, load_weights
 
-__all__ = ["DETECTORS", "build_detector"]
+__all__ = ["DETECTORS", "build_detector", "is_detector"]
 
 log = logging.getLogger(__name__)
 
 # Model name -> the FPN top block its heads expect (R-CNNs pool P2-P5 and anchor P2-P6; one-stage heads P3-P7).
 DETECTORS = {"faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7"}
+
+
+def is_detector(model: object) -> bool:
+    """True for torchvision's detectors (R-CNNs, RetinaNet, FCOS): a resize/normalise ``transform`` feeding a
+    ``backbone``, called on a list of images. The one definition of "a whole detector" for deploy/ and tools.
+
+    Example:
+        >>> is_detector(build_detector("fcos", num_classes=3, backbone="resnet18-fpn")), is_detector(nn.Conv2d(1, 1, 1))
+        (True, False)
+    """
+    return isinstance(model, (GeneralizedRCNN, RetinaNet, FCOS))
 
 
 def _positive_int(name: str, value: object) -> int:
