@@ -1,18 +1,49 @@
-"""The COCO format: categories, and detections as COCO results (boxes as xywh, masks as RLE).
+"""The COCO format: reading and validating instances and results files, categories, xywh boxes, RLE masks.
 
 The bottom of the package: the data set, the evaluator, the predictor and the tools all speak COCO through
-this module, so a convention (the mask threshold, the box layout, the RLE encoding) is decided once.
+this module, so a convention (the mask threshold, the box layout, the RLE encoding) and the checks of a COCO
+file (with errors naming the file and the entry) are written once. It imports nothing else from resnet_fpn.
+
+- :func:`load_json` / :func:`load_coco_json`: parse a file (errors give file, line, column) and check the top level.
+- :class:`CocoAnnotations`: a validated, indexed instances data set (images by id, categories and their
+  contiguous labels, annotations per image); the data set and the evaluator both build on it.
+- :func:`image_ids_by_file_name`: ``file_name`` -> image id of a COCO JSON (for inference outputs).
+- :func:`load_results` / :func:`check_results`: COCO results files and their checks against the ground truth.
 """
 from __future__ import annotations
 
+import json
+import math
+import numbers
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-__all__ = ["Category", "MASK_THRESHOLD", "xyxy_to_xywh", "encode_masks"]
+__all__ = [
+    "Category",
+    "CocoAnnotations",
+    "INSTANCES_KEYS",
+    "MASK_THRESHOLD",
+    "ResultSources",
+    "check_instances_json",
+    "check_results",
+    "encode_masks",
+    "image_ids_by_file_name",
+    "list_some",
+    "load_coco_json",
+    "load_json",
+    "load_results",
+    "xyxy_to_xywh",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: The top-level lists of a COCO instances file.
+INSTANCES_KEYS: Tuple[str, ...] = ("images", "annotations", "categories")
 
 # torchvision's Mask R-CNN returns mask probabilities; a pixel is foreground above this value (torchvision's
 # own reference evaluation and detectron2 both threshold at 0.5).
@@ -55,3 +86,456 @@ def encode_masks(masks: Any) -> List[Dict[str, Any]]:
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON (nor cheap to pickle)
     return rles
+
+
+# --------------------------------------------------------------------------------------------
+# Reading JSON files
+# --------------------------------------------------------------------------------------------
+def load_json(path: PathLike, *, kind: str = "JSON file") -> Any:
+    """Parse a JSON file, with errors that name it.
+
+    Args:
+        path: the file.
+        kind: what the file is, for the messages (``"annotation file"``, ``"results file"``).
+
+    Returns:
+        The parsed JSON value.
+
+    Raises:
+        FileNotFoundError: no such file (``"<kind> not found: <path>"``).
+        ValueError: not JSON (``"<kind> <path> is not valid JSON: <reason> at line L, column C"``) or not
+            UTF-8/16/32 text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} not found: {path}")
+    try:
+        with path.open("rb") as f:  # bytes: json detects UTF-8/16/32 itself
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{kind} {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{kind} {path} is not valid JSON: it is not UTF-8/16/32 text ({err})") from None
+
+
+def check_instances_json(
+    data: Any, *, source: str, required: Sequence[str] = INSTANCES_KEYS
+) -> Dict[str, Any]:
+    """Check the top level of a COCO instances JSON: an object whose ``required`` keys hold lists.
+
+    Args:
+        data: the parsed JSON (or a pycocotools ``COCO.dataset``).
+        source: how messages name where ``data`` came from (a file path).
+        required: the top-level keys that must be present, each a list.
+
+    Returns:
+        ``data``, unchanged.
+
+    Raises:
+        ValueError: ``data`` is not a dict, lacks a required key, or one is not a list (the message names
+            ``source`` and the key).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: expected a COCO instances JSON object at the top level, got {type(data).__name__}"
+        )
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(
+            f"{source}: missing top-level key(s) {missing}; a COCO instances file needs {list(required)}"
+        )
+    for key in required:
+        if not isinstance(data[key], list):
+            raise ValueError(f"{source}: top-level {key!r} must be a list, got {type(data[key]).__name__}")
+    return data
+
+
+def load_coco_json(
+    path: PathLike, *, kind: str = "annotation file", required: Sequence[str] = INSTANCES_KEYS
+) -> Dict[str, Any]:
+    """Read a COCO instances JSON and check its top level (see :func:`check_instances_json`).
+
+    Args:
+        path: the JSON file.
+        kind: what the file is, for the messages.
+        required: the top-level keys that must be lists (an image-info file such as COCO's
+            ``image_info_test2017.json`` has no ``annotations``: pass ``("images",)``).
+
+    Returns:
+        The parsed dict (not validated below the top level; :class:`CocoAnnotations` does that).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON (file, line and column), or the top level is not what ``required`` asks.
+    """
+    return check_instances_json(load_json(path, kind=kind), source=str(path), required=required)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but an id of True is a mistake, not image 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def list_some(values: Sequence[Any], *, limit: int = 5) -> str:
+    """Format the first ``limit`` values and the count, for error messages about many offenders.
+
+    Args:
+        values: the offending ids or entries.
+        limit: how many to show.
+
+    Returns:
+        e.g. ``"[1, 2, 3, 4, 5, ... (7 in all)]"``.
+    """
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def _segmentation_present(segmentation: Any) -> bool:
+    """True if a COCO ``segmentation`` holds an RLE or at least one polygon of 3 points or more."""
+    if isinstance(segmentation, dict):
+        return "counts" in segmentation and "size" in segmentation
+    if isinstance(segmentation, list):
+        return any(isinstance(poly, list) and len(poly) >= 6 for poly in segmentation)
+    return False
+
+
+def _index_images(entries: List[Any], source: str) -> Dict[int, Dict[str, Any]]:
+    images: Dict[int, Dict[str, Any]] = {}
+    for index, img in enumerate(entries):
+        if not isinstance(img, dict):
+            raise ValueError(f"{source}: images[{index}] must be an object, got {img!r}")
+        for key in ("id", "file_name", "width", "height"):
+            if key not in img:
+                raise ValueError(f"{source}: images[{index}] (id {img.get('id')!r}) has no {key!r}")
+        image_id = img["id"]
+        if not _is_int(image_id):
+            raise ValueError(f"{source}: images[{index}] has a non-integer id {image_id!r}")
+        for key in ("width", "height"):
+            value = img[key]
+            # Some exporters write sizes as floats (640.0); accept those, refuse fractions and the rest.
+            if not _is_real(value) or value <= 0 or float(value) != int(value):
+                raise ValueError(f"{source}: image id {image_id} has {key}={value!r}, expected a positive integer")
+        if image_id in images:
+            raise ValueError(f"{source}: image id {image_id} appears twice in 'images'")
+        images[image_id] = img
+    return images
+
+
+def _index_categories(entries: List[Any], source: str) -> Dict[int, str]:
+    names: Dict[int, str] = {}
+    for index, cat in enumerate(entries):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{source}: categories[{index}] needs an 'id' and a 'name', got {cat!r}")
+        cat_id = cat["id"]
+        if not _is_int(cat_id):
+            raise ValueError(f"{source}: categories[{index}] has a non-integer id {cat_id!r}")
+        if cat_id in names:
+            raise ValueError(f"{source}: category id {cat_id} appears twice in 'categories'")
+        names[cat_id] = str(cat["name"])
+    if not names:
+        raise ValueError(f"{source}: 'categories' is empty; a detector needs at least one class")
+    return names
+
+
+def _check_annotation(
+    index: int, ann: Any, images: Mapping[int, Any], known_categories: AbstractSet[int], source: str
+) -> Dict[str, Any]:
+    """Validate one annotation; return it, or a copy with ``iscrowd``/``area`` filled in when absent."""
+    if not isinstance(ann, dict):
+        raise ValueError(f"{source}: annotations[{index}] must be an object, got {ann!r}")
+    ann_id = ann.get("id")
+    if ann_id is None:
+        raise ValueError(f"{source}: annotations[{index}] has no 'id'")
+    for key in ("image_id", "category_id", "bbox"):
+        if key not in ann:
+            raise ValueError(f"{source}: annotation id {ann_id} has no {key!r}")
+    image_id = ann["image_id"]
+    if image_id not in images:
+        raise ValueError(f"{source}: annotation id {ann_id} refers to image_id {image_id!r}, which is not in 'images'")
+    category_id = ann["category_id"]
+    if category_id not in known_categories:
+        known = sorted(known_categories)
+        raise ValueError(
+            f"{source}: annotation id {ann_id} has category_id {category_id!r}, which is not in "
+            f"'categories' (known ids: {known[:10]}{'...' if len(known) > 10 else ''})"
+        )
+    bbox = ann["bbox"]
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_real(v) for v in bbox):
+        raise ValueError(
+            f"{source}: annotation id {ann_id} has bbox {bbox!r}, expected 4 finite numbers [x, y, w, h]"
+        )
+    if "area" in ann and not _is_real(ann["area"]):
+        raise ValueError(f"{source}: annotation id {ann_id} has area {ann['area']!r}, expected a number")
+    if "iscrowd" in ann and "area" in ann:
+        return ann
+    # COCOeval reads 'area' and 'iscrowd' of every ground-truth annotation; a hand-made file may leave them
+    # out. Fill a copy (the caller's dict, perhaps a COCO object's, stays as it was).
+    _, _, w, h = (float(v) for v in bbox)
+    return {"iscrowd": 0, "area": max(w, 0.0) * max(h, 0.0), **ann}
+
+
+# --------------------------------------------------------------------------------------------
+# The validated, indexed view of an instances file
+# --------------------------------------------------------------------------------------------
+class CocoAnnotations:
+    """A COCO instances data set, validated once and indexed: images by id, categories, annotations per image.
+
+    What is checked (a ``ValueError`` naming ``source`` and the entry index or id): every image has an
+    integer ``id`` (unique), a ``file_name`` and positive integer ``width``/``height``; every category an
+    integer ``id`` (unique) and a ``name``, and there is at least one; every annotation an ``id``, an
+    ``image_id`` and ``category_id`` that exist, a ``bbox`` of 4 finite numbers and a numeric ``area`` when it
+    has one. A missing ``area`` (box area) or ``iscrowd`` (0) is filled in a copy of that annotation, so
+    COCOeval can score against the file; the input is never modified.
+
+    Example:
+        >>> gt = CocoAnnotations.from_file("annotations/instances_val.json")  # doctest: +SKIP
+        >>> gt.categories[0], len(gt.annotations_by_image[gt.image_ids[0]])  # doctest: +SKIP
+        (Category(label=1, id=1, name='person'), 3)
+
+    Attributes:
+        source: how messages name the data (the file path).
+        images: image id -> the image's entry, in file order.
+        image_ids: the image ids in file order.
+        image_sizes: image id -> ``(height, width)`` as ints.
+        category_ids: the category ids, sorted (label ``i`` is ``category_ids[i - 1]``).
+        category_names: their names, aligned with ``category_ids`` (not necessarily unique).
+        annotations: every annotation (crowd included), in file order, ``area``/``iscrowd`` filled in.
+        annotations_by_image: image id -> its annotations, in file order (an empty list when none).
+        unsegmented_ids: ids of the non-crowd annotations without a decodable segmentation.
+    """
+
+    def __init__(self, data: Mapping[str, Any], *, source: str) -> None:
+        """Validate and index a parsed instances dict.
+
+        Args:
+            data: the parsed JSON, or a pycocotools ``COCO.dataset`` (not modified).
+            source: how messages name where ``data`` came from.
+
+        Raises:
+            ValueError: the first problem found (see the class docstring), naming ``source`` and the entry.
+        """
+        check_instances_json(data, source=source)
+        self.source = source
+        self._extra = {k: v for k, v in data.items() if k not in INSTANCES_KEYS}  # info, licenses: kept for to_dict
+        self._category_entries: List[Dict[str, Any]] = list(data["categories"])
+        self.images = _index_images(data["images"], source)
+        self.image_ids: List[int] = list(self.images)
+        self.image_sizes: Dict[int, Tuple[int, int]] = {
+            image_id: (int(img["height"]), int(img["width"])) for image_id, img in self.images.items()
+        }
+        names = _index_categories(data["categories"], source)
+        self.category_ids: List[int] = sorted(names)
+        self.category_names: List[str] = [names[c] for c in self.category_ids]
+        self.label_to_category_id: Dict[int, int] = {i + 1: c for i, c in enumerate(self.category_ids)}
+        self.category_id_to_label: Dict[int, int] = {c: i + 1 for i, c in enumerate(self.category_ids)}
+
+        known_categories = set(self.category_ids)
+        self.annotations: List[Dict[str, Any]] = []
+        self.annotations_by_image: Dict[int, List[Dict[str, Any]]] = {image_id: [] for image_id in self.images}
+        self.unsegmented_ids: List[Any] = []
+        for index, entry in enumerate(data["annotations"]):
+            ann = _check_annotation(index, entry, self.images, known_categories, source)
+            self.annotations.append(ann)
+            self.annotations_by_image[ann["image_id"]].append(ann)
+            if not ann["iscrowd"] and not _segmentation_present(ann.get("segmentation")):
+                self.unsegmented_ids.append(ann["id"])
+
+    @classmethod
+    def from_file(cls, path: PathLike, *, kind: str = "annotation file") -> "CocoAnnotations":
+        """Read, validate and index a COCO instances JSON file.
+
+        Args:
+            path: the JSON file.
+            kind: what the file is, for the messages (e.g. ``"ground-truth annotation file"``).
+
+        Returns:
+            The view, with ``source`` the path.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not JSON (file, line, column), a wrong top level, or an invalid entry (file, entry).
+        """
+        return cls(load_coco_json(path, kind=kind), source=str(path))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(source={self.source!r}, images={len(self.images)}, "
+            f"annotations={len(self.annotations)}, categories={len(self.category_ids)})"
+        )
+
+    @property
+    def categories(self) -> List[Category]:
+        """The categories as training labels: ``Category(label=i, id=category_ids[i - 1], name=...)``, i = 1..K."""
+        return [
+            Category(label=i + 1, id=c, name=n) for i, (c, n) in enumerate(zip(self.category_ids, self.category_names))
+        ]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The data set as a COCO instances dict, for pycocotools' ``COCO`` (``coco.dataset = ...``).
+
+        Returns:
+            A new top-level dict with new ``images``/``annotations``/``categories`` lists (annotations filled
+            in) and the input's other keys (``info``, ``licenses``); the entry dicts are shared, not copied.
+        """
+        return {
+            **self._extra,
+            "images": list(self.images.values()),
+            "annotations": list(self.annotations),
+            "categories": list(self._category_entries),
+        }
+
+
+def image_ids_by_file_name(path: PathLike) -> Dict[str, int]:
+    """Read the ``images`` of a COCO JSON: ``file_name`` -> image id (e.g. to give predictions their ids).
+
+    Only ``images`` is required at the top level, so image-info files without annotations (COCO's
+    ``image_info_test2017.json``) work too; the image entries are checked as :class:`CocoAnnotations` does.
+
+    Args:
+        path: the COCO JSON file.
+
+    Returns:
+        ``file_name`` (as written in the file, possibly with sub folders) -> image id, in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON (file, line, column); no ``images`` list; an image entry without an integer
+            ``id``, a ``file_name`` or a positive ``width``/``height``; a repeated id; two entries with the
+            same ``file_name`` (the message names both ids).
+    """
+    source = str(path)
+    data = load_coco_json(path, required=("images",))
+    ids: Dict[str, int] = {}
+    for image_id, img in _index_images(data["images"], source).items():
+        file_name = str(img["file_name"])
+        if file_name in ids:
+            raise ValueError(
+                f"{source}: file_name {file_name!r} is listed twice in 'images' (ids {ids[file_name]} and "
+                f"{image_id}); a file cannot map to one image id"
+            )
+        ids[file_name] = image_id
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Results: detections in COCO's results format
+# --------------------------------------------------------------------------------------------
+#: Where the entries of concatenated results files came from: (file, index of its first entry).
+ResultSources = List[Tuple[str, int]]
+
+
+def load_results(paths: Sequence[PathLike]) -> Tuple[List[Any], ResultSources]:
+    """Read COCO results files (each a JSON list of detections) and concatenate them in order.
+
+    Args:
+        paths: the results JSON files.
+
+    Returns:
+        ``(entries, sources)``; ``sources`` lets :func:`check_results` name the file of a bad entry.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        ValueError: a file that is not JSON, or whose top level is not a list (the message names the file).
+    """
+    entries: List[Any] = []
+    sources: ResultSources = []
+    for p in paths:
+        data = load_json(p, kind="results file")
+        if not isinstance(data, list):
+            hint = " (it looks like a ground-truth file)" if isinstance(data, dict) and "annotations" in data else ""
+            raise ValueError(
+                f"results file {p} holds a JSON {type(data).__name__}{hint}; expected a list of detections, "
+                "each a dict with image_id, category_id, score and bbox and/or segmentation"
+            )
+        sources.append((str(p), len(entries)))
+        entries.extend(data)
+    return entries, sources
+
+
+def _describe_entry(index: int, sources: Sequence[Tuple[str, int]]) -> str:
+    for path, start in reversed(sources):
+        if index >= start:
+            return f"result entry {index} (entry {index - start} of {path})"
+    return f"result entry {index}"
+
+
+def _segmentation_problem(seg: Any, image_size: Optional[Tuple[int, int]]) -> Optional[str]:
+    if not (isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)) and "size" in seg):
+        return (
+            "has a segmentation that is not a compressed RLE dict {'size': [h, w], 'counts': str}; "
+            "encode masks with pycocotools.mask.encode"
+        )
+    size = seg["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"has segmentation size {size!r}, expected [height, width]"
+    if image_size is not None and tuple(size) != image_size:
+        return f"has a mask of size {list(size)} but its image is {list(image_size)} (height, width)"
+    return None
+
+
+def _result_problem(entry: Any, iou_types: Sequence[str], gt: CocoAnnotations) -> Optional[str]:
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, expected a dict"
+    if not _is_int(entry.get("image_id")):
+        return f"has image_id {entry.get('image_id')!r}, expected an integer"
+    if not _is_int(entry.get("category_id")):
+        return f"has category_id {entry.get('category_id')!r}, expected an integer"
+    if not _is_real(entry.get("score")):
+        return f"has score {entry.get('score')!r}, expected a finite number"
+    if "bbox" in iou_types:
+        if "bbox" not in entry:
+            return "has no 'bbox', which bbox evaluation needs"
+        box = entry["bbox"]
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_real(v) for v in box)):
+            return f"has bbox {box!r}, expected [x, y, width, height]"
+    if "segm" in iou_types:
+        if "segmentation" not in entry:
+            return "has no 'segmentation', which segm evaluation needs"
+        return _segmentation_problem(entry["segmentation"], gt.image_sizes.get(entry["image_id"]))
+    return None
+
+
+def check_results(
+    entries: Sequence[Any],
+    gt: CocoAnnotations,
+    *,
+    iou_types: Sequence[str],
+    sources: Sequence[Tuple[str, int]] = (),
+) -> None:
+    """Check COCO results against their ground truth before pycocotools sees them.
+
+    Args:
+        entries: the result dicts (``image_id``, ``category_id``, ``score``, ``bbox`` as ``[x, y, w, h]``
+            for ``"bbox"``, ``segmentation`` as a compressed RLE of the image's size for ``"segm"``).
+        gt: the ground truth.
+        iou_types: ``"bbox"`` and/or ``"segm"``: which fields every entry needs.
+        sources: from :func:`load_results`, so messages name the file and the index inside it.
+
+    Raises:
+        ValueError: the first malformed entry (named by its index, and file); then image or category ids
+            absent from ``gt`` (the first few and their count).
+    """
+    for i, entry in enumerate(entries):
+        problem = _result_problem(entry, iou_types, gt)
+        if problem:
+            raise ValueError(f"{_describe_entry(i, sources)} {problem}")
+    bad_images = sorted({r["image_id"] for r in entries} - set(gt.images))
+    if bad_images:
+        raise ValueError(f"results refer to image ids not in the ground truth ({gt.source}): {list_some(bad_images)}")
+    bad_cats = sorted({r["category_id"] for r in entries} - set(gt.category_ids))
+    if bad_cats:
+        raise ValueError(
+            f"results refer to category ids not in the ground truth ({gt.source}): {list_some(bad_cats)}; "
+            f"its category ids are {list_some(gt.category_ids)} (map training labels with label_to_category_id)"
+        )

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from .checkpoint import detector_from_checkpoint
 from .coco_format import MASK_THRESHOLD, Category, encode_masks, xyxy_to_xywh
+from .data.images import read_image  # the data set's reader: inference sees images as training did
 
 __all__ = ["ImageInput", "Prediction", "Predictor", "read_image", "to_float_image"]
 
@@ -31,32 +31,6 @@ __all__ = ["ImageInput", "Prediction", "Predictor", "read_image", "to_float_imag
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, Tensor]
 # Float tensors are checked to lie in [0, 1] up to this slack (resampling can overshoot by rounding).
 _RANGE_SLACK = 1e-3
-
-
-def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
-    """Read an image file as the data set does: upright (EXIF orientation applied), RGB, alpha dropped.
-
-    Args:
-        path: the image file (any format Pillow decodes).
-
-    Returns:
-        ``(H, W, 3)`` uint8 array.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be decoded as an image (the message names it and Pillow's reason).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as raw:
-            upright = ImageOps.exif_transpose(raw)
-            # convert() decodes the pixels: a truncated file fails here, inside the try, not later.
-            rgb = upright.convert("RGB")
-            return np.array(rgb)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
 
 
 def _array_to_chw(array: np.ndarray, where: str) -> Tensor:

@@ -237,7 +237,7 @@ def test_malformed_json_names_file_line_and_column(tmp_path):
     (tmp_path / "images").mkdir()
     bad = tmp_path / "broken.json"
     bad.write_text('{"images": [],\n  "annotations": [,]}')
-    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON: .* line 2, column 19"):
+    with pytest.raises(ValueError, match=r"annotation file .*broken\.json is not valid JSON: .* line 2, column 19"):
         CocoDetection(tmp_path / "images", bad)
 
 
@@ -359,8 +359,35 @@ def test_palette_rgba_and_exif_orientation(tmp_path):
     assert CocoDetection(images, ann)[2][0].shape == (3, 20, 40)
     data["images"][2].update(width=50, height=50)
     ann.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"rot\.jpg \(image id 3\) is 20x40 but .*ann\.json says 50x50"):
+    with pytest.raises(ValueError, match=r"rot\.jpg \(image id 3, listed in .*ann\.json\) is 20x40 \(width x height\) but its annotations say 50x50"):
         CocoDetection(images, ann)[2]
+
+
+def test_unreadable_image_names_the_file_and_image_id(tmp_path):
+    ann = _write_set(tmp_path, _minimal())
+    (tmp_path / "images" / "b.png").write_bytes(b"not a png at all")
+    ds = CocoDetection(tmp_path / "images", ann)
+    assert ds[0][0].shape == (3, 30, 40)
+    with pytest.raises(ValueError, match=r"cannot read image .*b\.png \(image id 2, listed in .*ann\.json\)"):
+        ds[1]
+
+
+def test_pycocotools_index_is_built_only_when_asked_for(tmp_path, monkeypatch):
+    import resnet_fpn.data.coco as data_coco
+
+    built = []
+
+    class CountingCOCO(data_coco.COCO):
+        def createIndex(self):
+            built.append(self)
+            super().createIndex()
+
+    monkeypatch.setattr(data_coco, "COCO", CountingCOCO)
+    ds = CocoDetection(tmp_path / "images", _write_set(tmp_path, _minimal()))
+    ds[0], ds[1]
+    assert built == []  # construction and iteration do without it
+    assert ds.coco is ds.coco and len(built) == 1  # built once, on first access, then kept
+    assert ds.coco.getAnnIds() == [7] and ds.coco.cats[9]["name"] == "other"
 
 
 def test_compressed_and_uncompressed_rle_masks(tmp_path):
@@ -418,6 +445,29 @@ def test_resolve_coco2017_layout_and_overrides(tmp_path):
         train_ann=other, train_images=tmp_path / "train2017", val_ann=other, val_images=tmp_path / "val2017"
     )
     assert explicit == DataPaths(other, tmp_path / "train2017", other, tmp_path / "val2017")
+
+
+@pytest.mark.parametrize("layout", ["simple", "coco2017"])
+def test_resolve_a_root_with_only_a_val_split(tmp_path, layout):
+    ann = "instances_val.json" if layout == "simple" else "instances_val2017.json"
+    images = tmp_path / ("images" if layout == "simple" else "val2017")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / ann).write_text("{}")
+    images.mkdir()
+    # Training needs both splits and says which paths it looked for ...
+    with pytest.raises(ValueError, match=rf"(?s)matches no known layout for the train/val split.*instances_train"):
+        resolve_data_paths(tmp_path)
+    # ... evaluation needs only val.
+    paths = resolve_data_paths(tmp_path, splits=("val",))
+    assert paths == DataPaths(None, None, tmp_path / "annotations" / ann, images)
+    explicit = resolve_data_paths(val_ann=tmp_path / "annotations" / ann, val_images=images, splits=["val"])
+    assert explicit == paths
+    with pytest.raises(ValueError, match=r"no data root given and \['val_images'\] not set"):
+        resolve_data_paths(val_ann=tmp_path / "annotations" / ann, splits=("val",))
+    with pytest.raises(ValueError, match=r"splits must be a non-empty sequence drawn from \('train', 'val'\), got 'val'"):
+        resolve_data_paths(tmp_path, splits="val")
+    with pytest.raises(ValueError, match=r"splits must be .*got \('test',\)"):
+        resolve_data_paths(tmp_path, splits=("test",))
 
 
 def test_resolve_errors(tmp_path):

@@ -23,6 +23,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from resnet_fpn.coco_format import CocoAnnotations
 from resnet_fpn.evaluation import (
     STAT_NAMES,
     COCOEvaluator,
@@ -415,6 +416,28 @@ def test_bad_options_list_the_allowed_values(val100, monkeypatch):
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install faster-coco-eval"):
         COCOEvaluator(val100["gt"], backend="faster_coco_eval")
+
+
+def test_validated_ground_truth_is_accepted_and_checked_for_segm(val100, gt_json, reference):
+    # A data set's `annotations` (already validated) scores exactly as the file does.
+    gt = CocoAnnotations.from_file(val100["gt"])
+    _assert_stats(evaluate_results(gt, val100["bbox"], iou_types=("bbox",))["bbox"], reference["bbox"].stats)
+    # Ground truth is validated like a data set's file, naming the source and the entry.
+    broken = copy.deepcopy(gt_json)
+    broken["annotations"][5]["category_id"] = 1000
+    coco = COCO.__new__(COCO)
+    coco.dataset = broken
+    with pytest.raises(ValueError, match=rf"the given COCO object: annotation id {broken['annotations'][5]['id']} has category_id 1000"):
+        COCOEvaluator(coco)
+    # segm reads every ground-truth mask: annotations without one are named before pycocotools' KeyError.
+    no_masks = copy.deepcopy(gt_json)
+    for ann in no_masks["annotations"][:7]:
+        del ann["segmentation"]
+    coco.dataset = no_masks
+    first = [a["id"] for a in no_masks["annotations"][:5]]
+    with pytest.raises(ValueError, match=re.escape(f"the given COCO object: annotations [{', '.join(map(str, first))}, ... (7 in all)] have no 'segmentation'")):
+        COCOEvaluator(coco, iou_types=("segm",))
+    assert COCOEvaluator(coco, iou_types=("bbox",)).category_names[0] == "person"
 
 
 def test_bad_predictions_are_named(val100, gt_json):

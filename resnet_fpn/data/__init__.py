@@ -4,6 +4,7 @@ See ``docs/data.md`` for the dataset contract (target format, label mapping, cro
 """
 
 from resnet_fpn.data.coco import CocoDetection
+from resnet_fpn.data.images import read_image
 from resnet_fpn.data.layout import LAYOUTS, DataPaths, resolve_data_paths
 from resnet_fpn.data.samplers import GroupedBatchSampler, aspect_ratio_groups, collate_fn
 from resnet_fpn.data.synthetic import SHAPES, make_synthetic_coco
@@ -20,5 +21,6 @@ __all__ = [
     "build_transforms",
     "collate_fn",
     "make_synthetic_coco",
+    "read_image",
     "resolve_data_paths",
 ]

@@ -1,17 +1,16 @@
 """A torch ``Dataset`` over a COCO instances JSON, in the target format of torchvision's detectors.
 
-The JSON is read, validated and indexed once at construction; ``__getitem__`` (the data loader's hot path)
-only opens the image, looks up precomputed per-image arrays and, when masks are asked for, decodes them with
-pycocotools. See ``docs/data.md`` for the full contract.
+The JSON is read, validated and indexed once at construction (by ``resnet_fpn.coco_format.CocoAnnotations``,
+the same view the evaluator scores against); ``__getitem__`` (the data loader's hot path) only opens the image,
+looks up precomputed per-image arrays and, when masks are asked for, decodes them with pycocotools. See
+``docs/data.md`` for the full contract.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+
+from ..coco_format import CocoAnnotations
+from .images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # target as numpy arrays, it returns the same pair (see ``resnet_fpn.data.transforms``).
 Transform = Callable[[np.ndarray, Dict[str, Any]], Tuple[np.ndarray, Dict[str, Any]]]
 
-_REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
 # A box whose side is shorter than this (after clipping to the image) cannot be regressed sensibly and makes
 # torchvision's detectors raise ("All bounding boxes should have positive height and width").
 _MIN_BOX_SIDE = 1.0
@@ -54,20 +54,6 @@ class _ImageRecord:
     segmentations: Tuple[Any, ...]  # N COCO segmentations (polygons or RLE), decoded only on demand
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but ``[0, 0, True, 5]`` is a broken bbox, not a box.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _segmentation_present(seg: Any) -> bool:
-    """True if ``seg`` holds at least one decodable polygon or an RLE."""
-    if isinstance(seg, dict):
-        return "counts" in seg and "size" in seg
-    if isinstance(seg, list):
-        return any(isinstance(poly, list) and len(poly) >= 6 for poly in seg)
-    return False
-
-
 def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
     """Convert one COCO segmentation (polygons, uncompressed or compressed RLE) to a compressed RLE.
 
@@ -84,29 +70,6 @@ def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
     return seg
 
 
-def _load_json(path: Path) -> Dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-        ) from err
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path}: expected a COCO instances JSON object at the top level, got {type(data).__name__}"
-        )
-    missing = [key for key in _REQUIRED_TOP_LEVEL if key not in data]
-    if missing:
-        raise ValueError(
-            f"{path}: missing top-level key(s) {missing}; a COCO instances file needs {list(_REQUIRED_TOP_LEVEL)}"
-        )
-    for key in _REQUIRED_TOP_LEVEL:
-        if not isinstance(data[key], list):
-            raise ValueError(f"{path}: top-level {key!r} must be a list, got {type(data[key]).__name__}")
-    return data
-
-
 class CocoDetection(torch.utils.data.Dataset):
     """Images and instance targets from a COCO instances JSON, for torchvision's Faster/Mask R-CNN.
 
@@ -119,7 +82,7 @@ class CocoDetection(torch.utils.data.Dataset):
       ``iscrowd`` int64 ``(N,)`` (all zeros, crowd regions are not targets) and, only when ``with_masks``,
       ``masks`` uint8 ``(N, H, W)``.
 
-    Rules applied to the training targets (``self.coco``, the evaluator's ground truth, keeps every
+    Rules applied to the training targets (``self.annotations``, the evaluator's ground truth, keeps every
     annotation of the file):
 
     - ``iscrowd=1`` annotations are left out (torchvision's detectors cannot learn from a crowd region).
@@ -139,6 +102,14 @@ class CocoDetection(torch.utils.data.Dataset):
             :func:`resnet_fpn.data.transforms.build_transforms`).
         with_masks: decode the instance masks into ``target["masks"]`` (needed for Mask R-CNN).
         verify_files: check at construction that every image file exists.
+
+    Attributes:
+        annotations: the validated file (:class:`resnet_fpn.coco_format.CocoAnnotations`); pass it to
+            ``COCOEvaluator`` as the ground truth.
+        coco: a pycocotools ``COCO`` of the same data, built on first access only.
+        ids, category_ids, category_names, label_to_category_id, category_id_to_label, num_classes: the
+            image ids in item order and the label mapping (label ``i`` is ``category_ids[i - 1]``).
+        has_masks, num_crowd, num_clipped, num_degenerate: what the target rules found.
 
     Raises:
         FileNotFoundError: ``ann_file`` or ``images_dir`` does not exist, or (with ``verify_files``) image
@@ -168,146 +139,82 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir} (for {self.ann_file})")
 
-        data = _load_json(self.ann_file)
-        images = self._index_images(data["images"])
-        self.category_ids, self.category_names = self._index_categories(data["categories"])
-        self.label_to_category_id: Dict[int, int] = {i + 1: c for i, c in enumerate(self.category_ids)}
-        self.category_id_to_label: Dict[int, int] = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self.annotations = CocoAnnotations.from_file(self.ann_file)
+        self._coco: Optional[COCO] = None  # built by the ``coco`` property on first use
+        self.category_ids: List[int] = list(self.annotations.category_ids)
+        self.category_names: List[str] = list(self.annotations.category_names)
+        self.label_to_category_id: Dict[int, int] = dict(self.annotations.label_to_category_id)
+        self.category_id_to_label: Dict[int, int] = dict(self.annotations.category_id_to_label)
         self.num_classes = len(self.category_ids) + 1
-        self.ids: List[int] = [img["id"] for img in data["images"]]
-
-        per_image = self._index_annotations(data["annotations"], images)
-        self._records: List[_ImageRecord] = [per_image[image_id] for image_id in self.ids]
+        self.ids: List[int] = list(self.annotations.image_ids)
+        self._records: List[_ImageRecord] = self._build_records()
         self._aspect_ratios = np.array(
             [record.width / record.height for record in self._records], dtype=np.float64
         )
-        if self.with_masks and not self._all_segmented:
-            more = f" (and {self._num_unsegmented - 1} more)" if self._num_unsegmented > 1 else ""
+        unsegmented = self.annotations.unsegmented_ids
+        num_instances = len(self.annotations.annotations) - self.num_crowd
+        self.has_masks = num_instances > 0 and not unsegmented
+        if self.with_masks and unsegmented:
+            more = f" (and {len(unsegmented) - 1} more)" if len(unsegmented) > 1 else ""
             raise ValueError(
                 f"{self.ann_file}: with_masks=True but the annotations have no segmentation masks: annotation id "
-                f"{self._first_unsegmented}{more} has none; train a box-only model (faster_rcnn) or add masks"
+                f"{unsegmented[0]}{more} has none; train a box-only model (faster_rcnn) or add masks"
             )
-
-        # Build the pycocotools index from the dict already in memory rather than reading the file twice;
-        # COCO() prints progress to stdout, which would interleave with the progress bars of training.
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO()
-            self.coco.dataset = data
-            self.coco.createIndex()
-
         if verify_files:
             self.check_files(raise_missing=True)
 
+    @property
+    def coco(self) -> COCO:
+        """A pycocotools ``COCO`` index of the file (every annotation, ``area``/``iscrowd`` filled in).
+
+        Built on first use, from the dict already in memory, and kept. ``COCOEvaluator`` does not need it
+        (pass :attr:`annotations`), so a data set that is only iterated and evaluated never pays for it.
+        """
+        if self._coco is None:
+            # COCO() prints progress to stdout, which would interleave with the progress bars of training.
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco = COCO()
+                coco.dataset = self.annotations.to_dict()
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
+
     # ------------------------------------------------------------------ construction helpers
-    def _index_images(self, entries: List[Any]) -> Dict[int, Dict[str, Any]]:
-        images: Dict[int, Dict[str, Any]] = {}
-        for index, img in enumerate(entries):
-            if not isinstance(img, dict):
-                raise ValueError(f"{self.ann_file}: images[{index}] must be an object, got {img!r}")
-            for key in ("id", "file_name", "width", "height"):
-                if key not in img:
-                    raise ValueError(f"{self.ann_file}: images[{index}] (id {img.get('id')!r}) has no {key!r}")
-            image_id = img["id"]
-            if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise ValueError(f"{self.ann_file}: images[{index}] has a non-integer id {image_id!r}")
-            for key in ("width", "height"):
-                value = img[key]
-                # Some exporters write sizes as floats (640.0); accept those, refuse fractions and the rest.
-                if not _is_number(value) or value <= 0 or float(value) != int(value):
-                    raise ValueError(
-                        f"{self.ann_file}: image id {image_id} has {key}={value!r}, expected a positive integer"
-                    )
-            if image_id in images:
-                raise ValueError(f"{self.ann_file}: image id {image_id} appears twice in 'images'")
-            images[image_id] = img
-        return images
-
-    def _index_categories(self, entries: List[Any]) -> Tuple[List[int], List[str]]:
-        names: Dict[int, str] = {}
-        for index, cat in enumerate(entries):
-            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-                raise ValueError(f"{self.ann_file}: categories[{index}] needs an 'id' and a 'name', got {cat!r}")
-            cat_id = cat["id"]
-            if not isinstance(cat_id, int) or isinstance(cat_id, bool):
-                raise ValueError(f"{self.ann_file}: categories[{index}] has a non-integer id {cat_id!r}")
-            if cat_id in names:
-                raise ValueError(f"{self.ann_file}: category id {cat_id} appears twice in 'categories'")
-            names[cat_id] = str(cat["name"])
-        if not names:
-            raise ValueError(f"{self.ann_file}: 'categories' is empty; a detector needs at least one class")
-        ids = sorted(names)
-        return ids, [names[c] for c in ids]
-
-    def _index_annotations(
-        self, entries: List[Any], images: Dict[int, Dict[str, Any]]
-    ) -> Dict[int, _ImageRecord]:
-        known_categories = set(self.category_ids)
-        grouped: Dict[int, List[Tuple[List[float], int, float, Any]]] = {image_id: [] for image_id in images}
+    def _build_records(self) -> List[_ImageRecord]:
+        """Apply the training-target rules (crowd left out, boxes clipped, degenerate boxes dropped)."""
         num_clipped = num_degenerate = num_crowd = 0
-        self._num_unsegmented = 0
-        self._first_unsegmented: Optional[int] = None
-        num_instances = 0
-
-        for index, ann in enumerate(entries):
-            if not isinstance(ann, dict):
-                raise ValueError(f"{self.ann_file}: annotations[{index}] must be an object, got {ann!r}")
-            ann_id = ann.get("id")
-            if ann_id is None:
-                raise ValueError(f"{self.ann_file}: annotations[{index}] has no 'id'")
-            for key in ("image_id", "category_id", "bbox"):
-                if key not in ann:
-                    raise ValueError(f"{self.ann_file}: annotation id {ann_id} has no {key!r}")
-            image_id = ann["image_id"]
-            if image_id not in images:
-                raise ValueError(
-                    f"{self.ann_file}: annotation id {ann_id} refers to image_id {image_id!r}, "
-                    "which is not in 'images'"
+        records: List[_ImageRecord] = []
+        for image_id in self.ids:
+            img = self.annotations.images[image_id]
+            width, height = int(img["width"]), int(img["height"])
+            kept: List[Tuple[List[float], int, float, Any]] = []
+            for ann in self.annotations.annotations_by_image[image_id]:
+                if ann["iscrowd"]:
+                    num_crowd += 1
+                    continue
+                x1, y1, w, h = (float(v) for v in ann["bbox"])
+                x2, y2 = x1 + w, y1 + h
+                cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+                cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+                if w >= 0 and h >= 0 and max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > _CLIP_TOLERANCE:
+                    num_clipped += 1
+                if cx2 - cx1 < _MIN_BOX_SIDE or cy2 - cy1 < _MIN_BOX_SIDE:
+                    num_degenerate += 1
+                    continue
+                label = self.category_id_to_label[ann["category_id"]]
+                kept.append(([cx1, cy1, cx2, cy2], label, float(ann["area"]), ann.get("segmentation")))
+            records.append(
+                _ImageRecord(
+                    image_id=image_id,
+                    file_name=str(img["file_name"]),
+                    width=width,
+                    height=height,
+                    boxes=np.array([b for b, _, _, _ in kept], dtype=np.float32).reshape(-1, 4),
+                    labels=np.array([label for _, label, _, _ in kept], dtype=np.int64),
+                    area=np.array([a for _, _, a, _ in kept], dtype=np.float32),
+                    segmentations=tuple(seg for _, _, _, seg in kept),
                 )
-            category_id = ann["category_id"]
-            if category_id not in known_categories:
-                raise ValueError(
-                    f"{self.ann_file}: annotation id {ann_id} has category_id {category_id!r}, which is not in "
-                    f"'categories' (known ids: {self.category_ids[:10]}{'...' if len(self.category_ids) > 10 else ''})"
-                )
-            bbox = ann["bbox"]
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-                raise ValueError(
-                    f"{self.ann_file}: annotation id {ann_id} has bbox {bbox!r}, expected 4 finite numbers [x, y, w, h]"
-                )
-            x, y, w, h = (float(v) for v in bbox)
-            # COCOeval reads 'area' and 'iscrowd' of every ground-truth annotation; fill them in memory when
-            # a hand-made file leaves them out, so self.coco can be evaluated against (the file is unchanged).
-            if "iscrowd" not in ann:
-                ann["iscrowd"] = 0
-            if "area" not in ann:
-                ann["area"] = max(w, 0.0) * max(h, 0.0)
-            elif not _is_number(ann["area"]):
-                raise ValueError(f"{self.ann_file}: annotation id {ann_id} has area {ann['area']!r}, expected a number")
-            if ann["iscrowd"]:
-                num_crowd += 1
-                continue
-            num_instances += 1
-            seg = ann.get("segmentation")
-            if not _segmentation_present(seg):
-                self._num_unsegmented += 1
-                if self._first_unsegmented is None:
-                    self._first_unsegmented = ann_id
-
-            img = images[image_id]
-            x1, y1, x2, y2 = x, y, x + w, y + h
-            cx1, cy1 = min(max(x1, 0.0), img["width"]), min(max(y1, 0.0), img["height"])
-            cx2, cy2 = min(max(x2, 0.0), img["width"]), min(max(y2, 0.0), img["height"])
-            if w >= 0 and h >= 0 and max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > _CLIP_TOLERANCE:
-                num_clipped += 1
-            if cx2 - cx1 < _MIN_BOX_SIDE or cy2 - cy1 < _MIN_BOX_SIDE:
-                num_degenerate += 1
-                continue
-            grouped[image_id].append(
-                ([cx1, cy1, cx2, cy2], self.category_id_to_label[category_id], float(ann["area"]), seg)
             )
-
-        self._all_segmented = self._num_unsegmented == 0
-        self.has_masks = num_instances > 0 and self._all_segmented
         self.num_crowd = num_crowd
         self.num_clipped = num_clipped
         self.num_degenerate = num_degenerate
@@ -321,20 +228,6 @@ class CocoDetection(torch.utils.data.Dataset):
                 self.ann_file,
                 num_degenerate,
                 _MIN_BOX_SIDE,
-            )
-
-        records: Dict[int, _ImageRecord] = {}
-        for image_id, items in grouped.items():
-            img = images[image_id]
-            records[image_id] = _ImageRecord(
-                image_id=image_id,
-                file_name=str(img["file_name"]),
-                width=int(img["width"]),
-                height=int(img["height"]),
-                boxes=np.array([b for b, _, _, _ in items], dtype=np.float32).reshape(-1, 4),
-                labels=np.array([label for _, label, _, _ in items], dtype=np.int64),
-                area=np.array([a for _, _, a, _ in items], dtype=np.float32),
-                segmentations=tuple(s for _, _, _, s in items),
             )
         return records
 
@@ -402,7 +295,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return [path for path, _ in missing]
 
     def load_image(self, index: int) -> np.ndarray:
-        """Read item ``index``'s image as an upright RGB uint8 array.
+        """Read item ``index``'s image as an upright RGB uint8 array (see :func:`resnet_fpn.data.images.read_image`).
 
         Args:
             index: position in the dataset.
@@ -412,33 +305,15 @@ class CocoDetection(torch.utils.data.Dataset):
 
         Raises:
             FileNotFoundError: the file does not exist (the message names the path and the image id).
-            ValueError: the decoded size matches neither the JSON's size nor, before the EXIF rotation, its
-                transpose.
+            ValueError: the file cannot be decoded, or the decoded size matches neither the JSON's size nor,
+                before the EXIF rotation, its transpose.
         """
         record = self._records[index]
-        path = self.images_dir / record.file_name
-        try:
-            with Image.open(path) as raw:
-                upright = ImageOps.exif_transpose(raw)
-                expected = (record.width, record.height)
-                if upright.size != expected:
-                    # Some tools annotate the stored pixels and ignore the EXIF orientation; the JSON's size
-                    # tells which frame the coordinates are in, so follow it.
-                    if raw.size == expected:
-                        upright = raw
-                    else:
-                        raise ValueError(
-                            f"{path} (image id {record.image_id}) is {upright.size[0]}x{upright.size[1]} "
-                            f"but {self.ann_file} says {record.width}x{record.height}"
-                        )
-                rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
-                # np.array copies into a writable array (np.asarray of a PIL image is read-only), so
-                # transforms may work in place.
-                return np.array(rgb)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"image file not found: {path} (image id {record.image_id}, listed in {self.ann_file})"
-            ) from err
+        return read_image(
+            self.images_dir / record.file_name,
+            size=(record.width, record.height),
+            context=f"image id {record.image_id}, listed in {self.ann_file}",
+        )
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
         record = self._records[index]

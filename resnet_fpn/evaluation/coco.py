@@ -9,30 +9,36 @@ Two entry points share one core:
   JSON files) against a ground-truth file, e.g. what a detector wrote to disk.
 
 Both run pycocotools' ``COCO.loadRes`` / ``COCOeval.evaluate`` / ``accumulate`` / ``summarize`` (or the
-same steps of faster-coco-eval, which gives the same statistics), after checking the inputs so that a
-mistake is reported as a ``ValueError`` naming the bad value instead of an assertion or ``KeyError``
-deep inside pycocotools.
+same steps of faster-coco-eval, which gives the same statistics), after the inputs are checked by
+``resnet_fpn.coco_format`` (ground truth: ``CocoAnnotations``; results: ``load_results``/``check_results``),
+so that a mistake is reported as a ``ValueError`` naming the bad value instead of an assertion or
+``KeyError`` deep inside pycocotools.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 import numbers
 import operator
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as mask_util
 
-from ..coco_format import MASK_THRESHOLD, encode_masks, xyxy_to_xywh
+from ..coco_format import (
+    MASK_THRESHOLD,
+    CocoAnnotations,
+    ResultSources,
+    check_results,
+    encode_masks,
+    list_some,
+    load_results,
+    xyxy_to_xywh,
+)
 
 __all__ = [
     "BACKENDS",
@@ -54,10 +60,6 @@ IOU_TYPES: Tuple[str, ...] = ("bbox", "segm")
 BACKENDS: Tuple[str, ...] = ("pycocotools", "faster_coco_eval")
 
 PathLike = Union[str, "os.PathLike[str]"]
-# How many offending ids / entries an error message lists before it only gives the count.
-_MAX_LISTED = 5
-# COCO ground-truth annotation fields COCOeval reads (KeyError inside pycocotools when absent).
-_GT_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,12 +82,6 @@ def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
-
-
-def _list_some(values: Sequence[Any]) -> str:
-    shown = ", ".join(repr(v) for v in list(values)[:_MAX_LISTED])
-    more = f", ... ({len(values)} in all)" if len(values) > _MAX_LISTED else ""
-    return f"[{shown}{more}]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,189 +159,54 @@ def _get_backend(name: str) -> _Backend:
 
 
 # --------------------------------------------------------------------------------------------
-# Ground truth
+# Inputs: ground truth and results, checked by coco_format
 # --------------------------------------------------------------------------------------------
-@dataclass
-class _GroundTruth:
-    """The ground-truth dataset plus the indexes the checks need."""
-
-    dataset: Dict[str, Any]
-    source: str
-    image_ids: List[int]
-    image_sizes: Dict[int, Tuple[int, int]]  # id -> (height, width), where the file gives them
-    category_ids: List[int]  # sorted: the K axis of eval['precision']
-    category_names: List[str]  # unique keys of per-category AP, aligned with category_ids
-
-    def dataset_for_eval(self) -> Dict[str, Any]:
-        """A copy whose annotation dicts COCOeval may change without touching the caller's object.
-
-        pycocotools' segm evaluation replaces each ground-truth polygon by its RLE in place and both
-        libraries add an ``ignore`` flag; a training dataset sharing the COCO object must not see that.
-        Only top-level keys are replaced, so copying each annotation dict (not deep) is enough.
-        """
-        copied = dict(self.dataset)
-        copied["images"] = list(self.dataset["images"])
-        copied["categories"] = list(self.dataset["categories"])
-        copied["annotations"] = [dict(ann) for ann in self.dataset["annotations"]]
-        return copied
-
-
-def _load_ground_truth(coco_gt: Any, iou_types: Sequence[str]) -> _GroundTruth:
-    if isinstance(coco_gt, (str, os.PathLike)):
-        path = Path(coco_gt)
-        if not path.is_file():
-            raise FileNotFoundError(f"ground-truth annotation file not found: {path}")
-        try:
-            with open(path) as f:
-                dataset = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"ground-truth file {path} is not valid JSON: {exc}") from None
-        source = str(path)
+def _load_ground_truth(coco_gt: Any, iou_types: Sequence[str]) -> CocoAnnotations:
+    """The validated ground truth of a path, a ``CocoAnnotations`` or a pycocotools COCO object."""
+    if isinstance(coco_gt, CocoAnnotations):
+        gt = coco_gt
+    elif _is_pathlike(coco_gt):
+        gt = CocoAnnotations.from_file(coco_gt, kind="ground-truth annotation file")
     elif isinstance(getattr(coco_gt, "dataset", None), dict) and hasattr(coco_gt, "loadRes"):
-        dataset, source = coco_gt.dataset, "the given COCO object"
+        gt = CocoAnnotations(coco_gt.dataset, source="the given COCO object")
     else:
         raise TypeError(
-            "coco_gt must be a pycocotools COCO object or a path to a COCO instances JSON file, "
-            f"got {type(coco_gt).__name__}"
+            "coco_gt must be a pycocotools COCO object or a path to a COCO instances JSON file (or a "
+            f"resnet_fpn.coco_format.CocoAnnotations), got {type(coco_gt).__name__}"
         )
-    sections = ("images", "annotations", "categories")
-    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in sections):
-        raise ValueError(
-            f"ground truth from {source} is not a COCO instances dataset: expected a JSON object with "
-            "'images', 'annotations' and 'categories' lists"
-        )
-    needed = _GT_ANN_KEYS + (("segmentation",) if "segm" in iou_types else ())
-    bad = [ann.get("id", f"#{i}") for i, ann in enumerate(dataset["annotations"]) if not all(k in ann for k in needed)]
-    if bad:
-        raise ValueError(
-            f"ground truth from {source}: annotations {_list_some(bad)} lack one of the fields {needed} "
-            f"that COCO evaluation of {tuple(iou_types)} reads"
-        )
-    image_sizes = {
-        img["id"]: (int(img["height"]), int(img["width"]))
-        for img in dataset["images"] if "height" in img and "width" in img
-    }
-    image_ids = [img["id"] for img in dataset["images"]]
-    if "segm" in iou_types and len(image_sizes) != len(image_ids):
-        missing = [i for i in image_ids if i not in image_sizes]
-        raise ValueError(
-            f"ground truth from {source}: images {_list_some(missing)} lack height/width, which segm evaluation needs"
-        )
-    categories = sorted(dataset["categories"], key=lambda c: c["id"])
-    names = [str(c.get("name", c["id"])) for c in categories]
-    # Per-category AP is keyed by name; a repeated name would silently overwrite another class.
-    names = [
-        f"{name} (id {c['id']})" if names.count(name) > 1 else name for name, c in zip(names, categories)
-    ]
-    return _GroundTruth(
-        dataset=dataset,
-        source=source,
-        image_ids=image_ids,
-        image_sizes=image_sizes,
-        category_ids=[c["id"] for c in categories],
-        category_names=names,
-    )
+    if "segm" in iou_types:
+        # Crowd regions too: COCOeval turns every ground-truth annotation into a mask.
+        bad = [ann["id"] for ann in gt.annotations if "segmentation" not in ann]
+        if bad:
+            raise ValueError(f"{gt.source}: annotations {list_some(bad)} have no 'segmentation', which segm evaluation reads")
+    return gt
 
 
-# --------------------------------------------------------------------------------------------
-# Results: loading and checking
-# --------------------------------------------------------------------------------------------
-_Sources = List[Tuple[str, int]]  # (file, index of its first entry in the concatenation)
+def _category_keys(gt: CocoAnnotations) -> List[str]:
+    """The per-category AP keys: the names, with the id added to a name that is not unique."""
+    names = gt.category_names
+    # A repeated name would silently overwrite another class's AP.
+    return [f"{n} (id {c})" if names.count(n) > 1 else n for n, c in zip(names, gt.category_ids)]
 
 
 def _is_pathlike(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def _load_results_files(paths: Sequence[PathLike]) -> Tuple[List[Any], _Sources]:
-    entries: List[Any] = []
-    sources: _Sources = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"results file not found: {path}")
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"results file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, list):
-            hint = " (it looks like a ground-truth file)" if isinstance(data, dict) and "annotations" in data else ""
-            raise ValueError(
-                f"results file {path} holds a JSON {type(data).__name__}{hint}; expected a list of detections, "
-                "each a dict with image_id, category_id, score and bbox and/or segmentation"
-            )
-        sources.append((str(path), len(entries)))
-        entries.extend(data)
-    return entries, sources
+def _dataset_for_eval(gt: CocoAnnotations) -> Dict[str, Any]:
+    """The ground truth as a dict whose annotation dicts COCOeval may change without touching anyone's.
 
-
-def _describe_entry(index: int, sources: _Sources) -> str:
-    for path, start in reversed(sources):
-        if index >= start:
-            return f"result entry {index} (entry {index - start} of {path})"
-    return f"result entry {index}"
+    pycocotools' segm evaluation replaces each ground-truth polygon by its RLE in place and both libraries
+    add an ``ignore`` flag; a training data set or a caller's COCO object sharing those dicts must not see
+    that. Only top-level keys are replaced, so copying each annotation dict (not deep) is enough.
+    """
+    dataset = gt.to_dict()
+    dataset["annotations"] = [dict(ann) for ann in dataset["annotations"]]
+    return dataset
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_results(entries: Sequence[Any], gt: _GroundTruth, iou_types: Sequence[str], sources: _Sources) -> None:
-    """Raise ValueError on the first malformed entry, then on ids the ground truth does not have."""
-    for i, r in enumerate(entries):
-        problem = None
-        if not isinstance(r, dict):
-            problem = f"is a {type(r).__name__}, expected a dict"
-        elif not _is_int(r.get("image_id")):
-            problem = f"has image_id {r.get('image_id')!r}, expected an integer"
-        elif not _is_int(r.get("category_id")):
-            problem = f"has category_id {r.get('category_id')!r}, expected an integer"
-        elif not _is_real(r.get("score")):
-            problem = f"has score {r.get('score')!r}, expected a finite number"
-        elif "bbox" in iou_types and "bbox" not in r:
-            problem = "has no 'bbox', which bbox evaluation needs"
-        elif "bbox" in iou_types and not (
-            isinstance(r["bbox"], (list, tuple)) and len(r["bbox"]) == 4 and all(_is_real(v) for v in r["bbox"])
-        ):
-            problem = f"has bbox {r['bbox']!r}, expected [x, y, width, height]"
-        elif "segm" in iou_types and "segmentation" not in r:
-            problem = "has no 'segmentation', which segm evaluation needs"
-        elif "segm" in iou_types:
-            problem = _segmentation_problem(r["segmentation"], gt.image_sizes.get(r["image_id"]))
-        if problem:
-            raise ValueError(f"{_describe_entry(i, sources)} {problem}")
-    known_images = set(gt.image_ids)
-    bad_images = sorted({r["image_id"] for r in entries} - known_images)
-    if bad_images:
-        raise ValueError(
-            f"results refer to image ids not in the ground truth ({gt.source}): {_list_some(bad_images)}"
-        )
-    known_cats = set(gt.category_ids)
-    bad_cats = sorted({r["category_id"] for r in entries} - known_cats)
-    if bad_cats:
-        raise ValueError(
-            f"results refer to category ids not in the ground truth ({gt.source}): {_list_some(bad_cats)}; "
-            f"its category ids are {_list_some(gt.category_ids)} (map training labels with label_to_category_id)"
-        )
-
-
-def _segmentation_problem(seg: Any, image_size: Optional[Tuple[int, int]]) -> Optional[str]:
-    if not (isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)) and "size" in seg):
-        return (
-            "has a segmentation that is not a compressed RLE dict {'size': [h, w], 'counts': str}; "
-            "encode masks with pycocotools.mask.encode"
-        )
-    size = seg["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
-        return f"has segmentation size {size!r}, expected [height, width]"
-    if image_size is not None and tuple(size) != image_size:
-        return f"has a mask of size {list(size)} but its image is {list(image_size)} (height, width)"
-    return None
 
 
 def _entries_for(entries: Sequence[Dict[str, Any]], iou_type: str) -> List[Dict[str, Any]]:
@@ -404,7 +265,7 @@ def _per_category_ap(precision: np.ndarray, names: Sequence[str]) -> Dict[str, f
 
 
 def _score(
-    gt: _GroundTruth,
+    gt: CocoAnnotations,
     entries: Sequence[Dict[str, Any]],
     *,
     iou_types: Sequence[str],
@@ -419,7 +280,8 @@ def _score(
             UserWarning,
             stacklevel=3,
         )
-    coco_gt = adapter.coco_from_dataset(gt.dataset_for_eval())
+    coco_gt = adapter.coco_from_dataset(_dataset_for_eval(gt))
+    category_keys = _category_keys(gt)
     metrics: Dict[str, Any] = {}
     per_category: Dict[str, Dict[str, float]] = {}
     precision: Dict[str, np.ndarray] = {}
@@ -427,13 +289,13 @@ def _score(
         coco_dt = adapter.load_res(coco_gt, _entries_for(entries, iou_type))
         stats, prec = adapter.evaluate(coco_gt, coco_dt, iou_type, image_ids)
         metrics[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, stats)}
-        per_category[iou_type] = _per_category_ap(prec, gt.category_names)
+        per_category[iou_type] = _per_category_ap(prec, category_keys)
         precision[iou_type] = prec
     metrics["per_category"] = per_category
     return COCOEvalResult(
         metrics=metrics,
         precision=precision,
-        category_names=list(gt.category_names),
+        category_names=category_keys,
         category_ids=list(gt.category_ids),
     )
 
@@ -451,8 +313,10 @@ def score_results(
     arrays, category names).
 
     Args:
-        coco_gt: a pycocotools (or faster-coco-eval) ``COCO`` object, or the path of a COCO
-            instances JSON file. It is not modified.
+        coco_gt: a pycocotools (or faster-coco-eval) ``COCO`` object, a
+            :class:`resnet_fpn.coco_format.CocoAnnotations` (e.g. a data set's ``annotations``), or the path
+            of a COCO instances JSON file. It is not modified; it is validated as ``CocoAnnotations`` does
+            (a missing ``area``/``iscrowd`` is taken as the box area / 0).
         results: a list of COCO result dicts (``image_id``, ``category_id``, ``score``, ``bbox`` as
             ``[x, y, w, h]`` and/or ``segmentation`` as compressed RLE), the path of a JSON file holding
             such a list, or a sequence of such paths whose lists are concatenated in order.
@@ -465,26 +329,28 @@ def score_results(
     Raises:
         ValueError: unknown iou type or backend; a results file that is not JSON or not a list; an
             entry lacking a field (named by its index and file); image or category ids absent from the
-            ground truth (the first few and their count); ground truth lacking fields COCOeval reads.
-        TypeError: ``coco_gt`` is neither a COCO object nor a path.
+            ground truth (the first few and their count); invalid ground truth (its file and entry named),
+            or, for segm, ground-truth annotations without ``segmentation``.
+        TypeError: ``coco_gt`` is neither a COCO object, a ``CocoAnnotations`` nor a path.
         FileNotFoundError: a results or ground-truth file does not exist.
         ImportError: ``backend="faster_coco_eval"`` without the faster-coco-eval package.
     """
     iou_types = _check_iou_types(iou_types)
     _check_backend(backend)
     gt = _load_ground_truth(coco_gt, iou_types)
+    sources: ResultSources = []
     if _is_pathlike(results):
-        entries, sources = _load_results_files([results])
+        entries, sources = load_results([results])
     elif isinstance(results, (list, tuple)) and results and all(_is_pathlike(r) for r in results):
-        entries, sources = _load_results_files(results)
+        entries, sources = load_results(results)
     elif isinstance(results, (list, tuple)):
-        entries, sources = list(results), []
+        entries = list(results)
     else:
         raise TypeError(
             "results must be a list of COCO result dicts, a JSON file path or a list of such paths, "
             f"got {type(results).__name__}"
         )
-    _check_results(entries, gt, iou_types, sources)
+    check_results(entries, gt, iou_types=iou_types, sources=sources)
     return _score(gt, entries, iou_types=iou_types, backend=backend, image_ids=gt.image_ids)
 
 
@@ -550,7 +416,9 @@ class COCOEvaluator:
         """Create an evaluator.
 
         Args:
-            coco_gt: a pycocotools ``COCO`` object or the path of a COCO instances JSON file (not modified).
+            coco_gt: a pycocotools ``COCO`` object, a :class:`resnet_fpn.coco_format.CocoAnnotations` (a data
+                set's ``annotations``: no second validation, no COCO index built until scoring) or the path of
+                a COCO instances JSON file (not modified).
             iou_types: ``"bbox"`` and/or ``"segm"`` (segm needs ``masks`` in the predictions).
             backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
             label_to_category_id: contiguous training label -> COCO category id of the file; None
@@ -558,9 +426,11 @@ class COCOEvaluator:
             mask_threshold: a mask pixel is foreground when its probability is > this value.
 
         Raises:
-            ValueError: unknown iou type or backend; a mapping to category ids the ground truth lacks;
-                a threshold outside [0, 1).
-            TypeError: a mapping that is not int -> int, or a ``coco_gt`` that is neither COCO nor path.
+            ValueError: unknown iou type or backend; invalid ground truth (file and entry named); a mapping to
+                category ids the ground truth lacks; a threshold outside [0, 1).
+            TypeError: a mapping that is not int -> int, or a ``coco_gt`` that is neither COCO,
+                ``CocoAnnotations`` nor path.
+            FileNotFoundError: no such ground-truth file.
             ImportError: ``backend="faster_coco_eval"`` without the faster-coco-eval package.
         """
         self.iou_types = _check_iou_types(iou_types)
@@ -579,13 +449,15 @@ class COCOEvaluator:
             if bad:
                 raise ValueError(
                     f"label_to_category_id maps to category ids not in the ground truth ({self._gt.source}): "
-                    f"{_list_some(bad)}; its category ids are {_list_some(self._gt.category_ids)}"
+                    f"{list_some(bad)}; its category ids are {list_some(self._gt.category_ids)}"
                 )
             self.label_to_category_id = mapping
-        if not (_is_real(mask_threshold) and 0.0 <= mask_threshold < 1.0):
+        # (nan fails both comparisons; bool is a Real but not a threshold)
+        if not (isinstance(mask_threshold, numbers.Real) and not isinstance(mask_threshold, bool)
+                and 0.0 <= mask_threshold < 1.0):
             raise ValueError(f"mask_threshold must be a number in [0, 1), got {mask_threshold!r}")
         self.mask_threshold = float(mask_threshold)
-        self.category_names: List[str] = list(self._gt.category_names)
+        self.category_names: List[str] = _category_keys(self._gt)
         self.precision: Dict[str, np.ndarray] = {}
         self._results: Dict[int, List[Dict[str, Any]]] = {}
 
@@ -669,15 +541,15 @@ class COCOEvaluator:
             bad = sorted(set(labels) - self._known_cats)
             if bad:
                 raise ValueError(
-                    f"prediction for image {image_id} has labels {_list_some(bad)} that are not category ids of "
+                    f"prediction for image {image_id} has labels {list_some(bad)} that are not category ids of "
                     f"the ground truth; pass label_to_category_id to map training labels to category ids"
                 )
             return labels
         bad = sorted(set(labels) - set(self.label_to_category_id))
         if bad:
             raise ValueError(
-                f"prediction for image {image_id} has labels {_list_some(bad)} absent from label_to_category_id "
-                f"(keys {_list_some(sorted(self.label_to_category_id))})"
+                f"prediction for image {image_id} has labels {list_some(bad)} absent from label_to_category_id "
+                f"(keys {list_some(sorted(self.label_to_category_id))})"
             )
         return [self.label_to_category_id[label] for label in labels]
 
@@ -747,3 +619,14 @@ class COCOEvaluator:
         if status == "error":
             raise RuntimeError(f"COCO evaluation failed on rank 0: {value}")
         return value
+
+
+# The names benchmark.py imports (it is moving out of this package; its new home should use
+# coco_format.load_results / check_results directly).
+_load_results_files = load_results
+
+
+def _check_results(
+    entries: Sequence[Any], gt: CocoAnnotations, iou_types: Sequence[str], sources: ResultSources
+) -> None:
+    check_results(entries, gt, iou_types=iou_types, sources=sources)

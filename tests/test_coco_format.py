@@ -1,0 +1,146 @@
+"""resnet_fpn.coco_format: the one reader/validator of COCO files (instances, image lists, results)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from resnet_fpn.coco_format import (
+    Category,
+    CocoAnnotations,
+    check_results,
+    image_ids_by_file_name,
+    load_coco_json,
+    load_results,
+)
+
+
+def _minimal() -> dict:
+    return {
+        "info": {"description": "kept"},
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "sub/b.png", "width": 20.0, "height": 10},
+        ],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 9, "bbox": [2, 3, 10, 8], "area": 80, "iscrowd": 0,
+             "segmentation": [[2, 3, 12, 3, 12, 11]]},
+            {"id": 8, "image_id": 1, "category_id": 5, "bbox": [1, 1, 4, 5]},  # no area, no iscrowd
+            {"id": 9, "image_id": 1, "category_id": 5, "bbox": [0, 0, 40, 30], "area": 1200, "iscrowd": 1,
+             "segmentation": {"size": [30, 40], "counts": [0, 1200]}},
+        ],
+        "categories": [{"id": 9, "name": "other"}, {"id": 5, "name": "thing"}],
+    }
+
+
+def _write(tmp_path: Path, data, name: str = "ann.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_index_labels_and_fill_in_without_touching_the_input():
+    data = _minimal()
+    original = copy.deepcopy(data)
+    gt = CocoAnnotations(data, source="mem.json")
+    assert gt.image_ids == [1, 2] and gt.image_sizes == {1: (30, 40), 2: (10, 20)}
+    assert gt.category_ids == [5, 9] and gt.category_names == ["thing", "other"]
+    assert gt.categories == [Category(label=1, id=5, name="thing"), Category(label=2, id=9, name="other")]
+    assert gt.label_to_category_id == {1: 5, 2: 9} and gt.category_id_to_label == {5: 1, 9: 2}
+    assert [a["id"] for a in gt.annotations_by_image[1]] == [7, 8, 9] and gt.annotations_by_image[2] == []
+    filled = gt.annotations[1]
+    assert filled["area"] == 20.0 and filled["iscrowd"] == 0
+    # Annotation 8 has no segmentation; the crowd one (9) does not count as a target.
+    assert gt.unsegmented_ids == [8]
+    assert data == original  # the input (maybe a caller's COCO.dataset) is not modified
+    assert gt.annotations[0] is data["annotations"][0]  # complete entries are shared, not copied
+    as_dict = gt.to_dict()
+    assert as_dict["info"] == {"description": "kept"} and as_dict["annotations"][1]["area"] == 20.0
+    assert as_dict["categories"] == data["categories"]
+
+
+def test_from_file_on_real_coco(shared_data):
+    path = shared_data / "coco128" / "annotations" / "instances_val.json"
+    raw = json.loads(path.read_text())
+    gt = CocoAnnotations.from_file(path)
+    assert gt.source == str(path) and gt.image_ids == [img["id"] for img in raw["images"]]
+    assert len(gt.categories) == 80 and gt.categories[11] == Category(label=12, id=13, name="stop sign")
+    assert sum(map(len, gt.annotations_by_image.values())) == len(gt.annotations) == len(raw["annotations"]) == 154
+    assert gt.unsegmented_ids == []
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["images"].append({"id": 1, "file_name": "c.png", "width": 1, "height": 1}),
+         r"mem\.json: image id 1 appears twice in 'images'"),
+        (lambda d: d["images"][1].pop("file_name"), r"mem\.json: images\[1\] \(id 2\) has no 'file_name'"),
+        (lambda d: d["images"][0].update(id="1"), r"mem\.json: images\[0\] has a non-integer id '1'"),
+        (lambda d: d["images"][0].update(height=0), r"mem\.json: image id 1 has height=0, expected a positive integer"),
+        (lambda d: d["categories"][1].pop("name"), r"mem\.json: categories\[1\] needs an 'id' and a 'name'"),
+        (lambda d: d["categories"].append({"id": 5, "name": "again"}), r"mem\.json: category id 5 appears twice"),
+        (lambda d: d.update(categories=[]), r"mem\.json: 'categories' is empty"),
+        (lambda d: d["annotations"][1].pop("id"), r"mem\.json: annotations\[1\] has no 'id'"),
+        (lambda d: d["annotations"][1].pop("bbox"), r"mem\.json: annotation id 8 has no 'bbox'"),
+        (lambda d: d["annotations"][2].update(image_id=3), r"mem\.json: annotation id 9 refers to image_id 3, which is not in 'images'"),
+        (lambda d: d["annotations"][0].update(category_id=1), r"mem\.json: annotation id 7 has category_id 1, .*known ids: \[5, 9\]"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"mem\.json: annotation id 7 has bbox \[1, 2, 3\], expected 4 finite numbers"),
+        (lambda d: d["annotations"][0].update(area="80"), r"mem\.json: annotation id 7 has area '80', expected a number"),
+        (lambda d: d.update(annotations={}), r"mem\.json: top-level 'annotations' must be a list, got dict"),
+        (lambda d: d.pop("images"), r"mem\.json: missing top-level key\(s\) \['images'\]"),
+    ],
+)
+def test_invalid_entries_are_named(edit, message):
+    data = _minimal()
+    edit(data)
+    with pytest.raises(ValueError, match=message):
+        CocoAnnotations(data, source="mem.json")
+
+
+def test_file_errors_name_the_file_line_and_column(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"annotation file not found: .*nope\.json"):
+        CocoAnnotations.from_file(tmp_path / "nope.json")
+    bad = _write(tmp_path, '{"images": [\n  {"id": 1,}]}', "bad.json")
+    with pytest.raises(ValueError, match=r"annotation file .*bad\.json is not valid JSON: .* at line 2, column 12"):
+        CocoAnnotations.from_file(bad)
+    with pytest.raises(ValueError, match=r"ground-truth file .*bad\.json is not valid JSON"):
+        load_coco_json(bad, kind="ground-truth file")
+    listed = _write(tmp_path, [1, 2], "list.json")
+    with pytest.raises(ValueError, match=r"list\.json: expected a COCO instances JSON object at the top level, got list"):
+        CocoAnnotations.from_file(listed)
+
+
+def test_image_ids_by_file_name(tmp_path):
+    data = _minimal()
+    assert image_ids_by_file_name(_write(tmp_path, data)) == {"a.png": 1, "sub/b.png": 2}
+    # An image-info file (no annotations, as COCO's test-dev lists) is enough.
+    info = {"images": data["images"]}
+    assert image_ids_by_file_name(_write(tmp_path, info, "info.json")) == {"a.png": 1, "sub/b.png": 2}
+    info["images"].append({"id": 3, "file_name": "a.png", "width": 4, "height": 4})
+    with pytest.raises(ValueError, match=r"info\.json: file_name 'a\.png' is listed twice in 'images' \(ids 1 and 3\)"):
+        image_ids_by_file_name(_write(tmp_path, info, "info.json"))
+    with pytest.raises(ValueError, match=r"none\.json: missing top-level key\(s\) \['images'\]"):
+        image_ids_by_file_name(_write(tmp_path, {"annotations": []}, "none.json"))
+    with pytest.raises(FileNotFoundError, match=r"annotation file not found: .*absent\.json"):
+        image_ids_by_file_name(tmp_path / "absent.json")
+
+
+def test_results_files_and_their_checks(tmp_path):
+    gt = CocoAnnotations(_minimal(), source="gt.json")
+    ok = {"image_id": 1, "category_id": 9, "score": 0.5, "bbox": [1, 2, 3, 4]}
+    first = _write(tmp_path, [ok, ok], "r0.json")
+    second = _write(tmp_path, [ok, dict(ok, score=float("inf"))], "r1.json")
+    entries, sources = load_results([first, second])
+    assert len(entries) == 4 and sources == [(str(first), 0), (str(second), 2)]
+    check_results(entries[:3], gt, iou_types=("bbox",), sources=sources)
+    with pytest.raises(ValueError, match=r"result entry 3 \(entry 1 of .*r1\.json\) has score inf, expected a finite number"):
+        check_results(entries, gt, iou_types=("bbox",), sources=sources)
+    with pytest.raises(ValueError, match=r"result entry 0 has no 'segmentation', which segm evaluation needs"):
+        check_results([ok], gt, iou_types=("segm",))
+    with pytest.raises(ValueError, match=r"results refer to category ids not in the ground truth \(gt\.json\): \[1\]"):
+        check_results([dict(ok, category_id=1)], gt, iou_types=("bbox",))
+    with pytest.raises(ValueError, match=r"results file .*gt\.json holds a JSON dict \(it looks like a ground-truth file\)"):
+        load_results([_write(tmp_path, _minimal(), "gt.json")])
