@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .coco_format import Category
-from .detectors import build_detector
+from .backbone import resolve_norm_and_freeze
+from .detectors import build_detector, iou_types_of
 from .files import atomic_torch_save
 from .weights import load_weights
 
@@ -59,22 +60,54 @@ def read_categories(hparams: Mapping[str, object], where: str) -> List[Category]
     return [Category(int(c["label"]), int(c["id"]), str(c["name"])) for c in raw]
 
 
+@dataclass(frozen=True)
+class DetectorCheckpoint:
+    """A trained detector rebuilt from its checkpoint.
+
+    Attributes:
+        detector: the torchvision detector, in eval mode, with the checkpoint's tensors.
+        categories: label (1..K) -> the data set's category id and name.
+        options: the ``build_detector`` keyword arguments it was trained with (``model`` included).
+        path: the checkpoint file.
+    """
+
+    detector: nn.Module
+    categories: List[Category]
+    options: Dict[str, object]
+    path: Path
+
+    @property
+    def model_name(self) -> str:
+        """The detector name, e.g. "mask_rcnn"."""
+        return str(self.options["model"])
+
+    @property
+    def iou_types(self) -> Tuple[str, ...]:
+        """The COCO IoU types this detector is evaluated with."""
+        return iou_types_of(self.model_name)
+
+
 def detector_from_checkpoint(
     path: Union[str, os.PathLike], *, map_location: Union[str, torch.device] = "cpu"
-) -> Tuple[nn.Module, List[Category], Dict[str, object]]:
+) -> DetectorCheckpoint:
     """Rebuild a trained detector from a checkpoint written by training (or `save_detector_checkpoint`).
 
     Args:
-        path: the checkpoint file (``.ckpt`` from ``tools/train_det.py``).
+        path: the checkpoint file (``.ckpt`` from ``resnet-fpn train``).
         map_location: where tensors are loaded.
 
     Returns:
-        (detector in eval mode, categories, the ``build_detector`` options it was built with).
+        A `DetectorCheckpoint`: the detector in eval mode, its categories and its build options.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is not a detector checkpoint of this project (names what is missing), or its
             tensors do not fit the model its options describe.
+
+    Example:
+        >>> ckpt = detector_from_checkpoint("outputs/demo/checkpoints/last.ckpt")
+        >>> ckpt.detector([torch.rand(3, 160, 160)])[0].keys()
+        dict_keys(['boxes', 'labels', 'scores'])
     """
     path = Path(path)
     if not path.is_file():
@@ -87,18 +120,17 @@ def detector_from_checkpoint(
     if not isinstance(hparams, Mapping) or not isinstance(hparams.get("model"), Mapping):
         raise ValueError(
             f"{path} is not a detector checkpoint of resnet_fpn: expected hyper_parameters['model'] with the "
-            f"build_detector options (a checkpoint written by tools/train_det.py)"
+            f"build_detector options (a checkpoint written by resnet-fpn train)"
         )
     options = dict(hparams["model"])
     categories = read_categories(hparams, str(path))
-    # The checkpoint's own tensors follow: no ImageNet weights are needed (or fetched) to rebuild.
-    options_no_weights = {k: v for k, v in options.items() if k not in ("weights", "backbone_weights")}
-    pretrained = bool(options.get("weights") or options.get("backbone_weights"))
-    if options_no_weights.get("norm", "auto") == "auto":
-        options_no_weights["norm"] = "frozen_bn" if pretrained else "bn"
-    if options_no_weights.get("freeze_at") is None:
-        options_no_weights["freeze_at"] = 2 if pretrained else 0
-    detector = build_detector(**options_no_weights)
+    # The checkpoint's own tensors follow: no ImageNet weights are needed (or fetched) to rebuild. The norm and
+    # freeze rule is the one the detector was trained with, resolved from whether it had weights then.
+    rebuild = {k: v for k, v in options.items() if k not in ("weights", "backbone_weights")}
+    rebuild["norm"], rebuild["freeze_at"] = resolve_norm_and_freeze(
+        str(options.get("norm", "auto")), options.get("freeze_at"),  # type: ignore[arg-type]
+        pretrained=bool(options.get("weights") or options.get("backbone_weights")),
+    )
+    detector = build_detector(**rebuild)
     load_weights(detector, ckpt, strict=True)
-    return detector.eval(), categories, options
-
+    return DetectorCheckpoint(detector=detector.eval(), categories=categories, options=options, path=path)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
@@ -11,16 +12,56 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-from .backbone import build_backbone
+from .backbone import build_backbone, is_pyramid, list_backbones, resolve_norm_and_freeze
 from .models.variants import suggest_names
 from .weights import WeightsSource, load_weights
 
-__all__ = ["DETECTORS", "build_detector", "is_detector"]
+__all__ = ["DETECTORS", "DetectorSpec", "build_detector", "list_detectors", "is_detector", "iou_types_of"]
 
 log = logging.getLogger(__name__)
 
-# Model name -> the FPN top block its heads expect (R-CNNs pool P2-P5 and anchor P2-P6; one-stage heads P3-P7).
-DETECTORS = {"faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7"}
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a detector name means beyond its torchvision class.
+
+    Attributes:
+        top_block: the FPN top block its heads expect (R-CNNs pool P2-P5 and anchor P2-P6: "maxpool";
+            one-stage heads run on P3-P7: "p6p7").
+        iou_types: what it predicts, as COCO evaluation types ("bbox", plus "segm" for masks).
+    """
+
+    top_block: str
+    iou_types: Tuple[str, ...] = ("bbox",)
+
+
+DETECTORS = {
+    "faster_rcnn": DetectorSpec("maxpool"),
+    "mask_rcnn": DetectorSpec("maxpool", ("bbox", "segm")),
+    "retinanet": DetectorSpec("p6p7"),
+    "fcos": DetectorSpec("p6p7"),
+}
+
+
+def list_detectors() -> List[str]:
+    """Detector names for ``build_detector`` (``["faster_rcnn", "mask_rcnn", "retinanet", "fcos"]``)."""
+    return list(DETECTORS)
+
+
+def iou_types_of(model: str) -> Tuple[str, ...]:
+    """The COCO IoU types a detector name is evaluated with, e.g. ``("bbox", "segm")`` for "mask_rcnn".
+
+    Raises:
+        ValueError: an unknown detector name (the closest valid ones are suggested).
+    """
+    return _spec(model).iou_types
+
+
+def _spec(model: object) -> DetectorSpec:
+    if model not in DETECTORS:
+        raise ValueError(
+            f"unknown detector {model!r}.{suggest_names(str(model), list(DETECTORS))} Valid names: {list(DETECTORS)}"
+        )
+    return DETECTORS[model]  # type: ignore[index]
 
 
 def is_detector(model: object) -> bool:
@@ -54,6 +95,20 @@ def _anchor_generator(model: str, anchor_sizes: Optional[Sequence[int]]) -> Opti
     if model == "fcos":
         return AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * 5)
     return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5)
+
+
+def _check_pyramid(fpn: nn.Module, name: str) -> None:
+    """torchvision's heads run one RPN/classification head on every level: the backbone must declare a pyramid."""
+    if is_pyramid(fpn):
+        return
+    shapes = getattr(fpn, "output_shape", lambda: {})()
+    declared = ", ".join(f"{k}: {s.channels} ch / stride {s.stride}" for k, s in shapes.items()) or "no output_shape()"
+    with_fpn = [n for n in (f"{name}-fpn",) if n in list_backbones() or name.startswith("timm:")]
+    hint = f"; use {with_fpn[0]!r}" if with_fpn else ""
+    raise ValueError(
+        f"detectors need a feature pyramid (every output with the same channels, declared by output_shape()); "
+        f"backbone {name!r} declares {declared}{hint}"
+    )
 
 
 def build_detector(
@@ -113,10 +168,7 @@ def build_detector(
     Example:
         >>> detector = build_detector("mask_rcnn", backbone="resnet18-fpn", num_classes=4, min_size=320)
     """
-    if model not in DETECTORS:
-        raise ValueError(
-            f"unknown detector {model!r}.{suggest_names(model, list(DETECTORS))} Valid names: {list(DETECTORS)}"
-        )
+    spec = _spec(model)
     _positive_int("num_classes", num_classes)
     if num_classes < 2 and model in ("faster_rcnn", "mask_rcnn"):
         raise ValueError(f"num_classes counts the background for R-CNNs: need >= 2, got {num_classes}")
@@ -127,19 +179,19 @@ def build_detector(
     sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     for size in sizes:
         _positive_int("min_size", size)
-    if not backbone.endswith("-fpn"):
-        raise ValueError(f"detectors need a backbone with FPN, e.g. {backbone + '-fpn'!r}; got {backbone!r}")
-
-    pretrained = backbone_weights is not None or weights is not None
-    body_norm = ("frozen_bn" if pretrained else "bn") if norm == "auto" else norm
+    # A trained detector in `weights` is fine-tuned as a pretrained backbone would be (frozen BN, freeze_at 2).
+    body_norm, body_freeze_at = resolve_norm_and_freeze(
+        norm, freeze_at, pretrained=backbone_weights is not None or weights is not None
+    )
     fpn = build_backbone(
         backbone,
         weights=backbone_weights,
         norm=body_norm,
-        freeze_at=(2 if pretrained else 0) if freeze_at is None else freeze_at,
-        top_block=DETECTORS[model],
+        freeze_at=body_freeze_at,
+        top_block=spec.top_block,
         fpn_channels=fpn_channels,
     )
+    _check_pyramid(fpn, backbone)
     common = dict(min_size=sizes if len(sizes) > 1 else sizes[0], max_size=max_size)
     anchors = _anchor_generator(model, anchor_sizes)
     if model in ("faster_rcnn", "mask_rcnn"):

@@ -208,8 +208,8 @@ class Predictor:
             FileNotFoundError: no such checkpoint.
             ValueError: not a detector checkpoint of this project, or a bad threshold.
         """
-        detector, categories, _ = detector_from_checkpoint(path, map_location="cpu")
-        return cls(detector, categories, device=device, score_threshold=score_threshold)
+        loaded = detector_from_checkpoint(path, map_location="cpu")
+        return cls(loaded.detector, loaded.categories, device=device, score_threshold=score_threshold)
 
     def __call__(
         self, images: Union[ImageInput, Sequence[ImageInput]], *, batch_size: int = 1

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnet_fpn.backbone import BackboneWithFPN, ResNetFeatures, build_backbone, list_backbones, register_backbone
+from resnet_fpn.backbone import FPNBackbone, ResNetFeatures, build_backbone, list_backbones, register_backbone
 from resnet_fpn.models import VARIANTS, get_variant
 
 from test_weights import randomize_bn
@@ -148,7 +148,7 @@ def test_register_custom_backbone():
     @register_backbone("tiny-test-fpn")
     def tiny(*, weights, norm, freeze_at, out_features, top_block, fpn_channels):
         body = ResNetFeatures(get_variant("resnet18"), out_features=out_features, norm=norm, freeze_at=freeze_at)
-        return BackboneWithFPN(body, top_block=top_block, fpn_channels=fpn_channels)
+        return FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels)
 
     assert "tiny-test-fpn" in list_backbones()
     assert build_backbone("tiny-test-fpn", fpn_channels=64).out_channels == 64

@@ -23,11 +23,11 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from resnet_fpn.cli import main as cli_main
 from resnet_fpn.coco_format import CocoAnnotations
 from resnet_fpn.evaluation import (
     STAT_NAMES,
     COCOEvaluator,
-    benchmark_backends,
     evaluate_results,
     format_metrics_table,
     plot_precision_recall,
@@ -172,17 +172,11 @@ def test_cli_scores_concatenated_files_like_pycocotools(val100, reference, tmp_p
 
 
 def test_cli_reports_bad_input_in_one_line(val100, tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import eval_det
-    finally:
-        sys.path.remove(str(REPO / "tools"))
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    with pytest.raises(SystemExit) as exc:
-        eval_det.main(["--gt", str(val100["gt"]), "--results", str(bad)])
-    assert exc.value.code == 2
-    assert f"results file {bad} is not valid JSON" in capsys.readouterr().err
+    assert cli_main(["eval", "--gt", str(val100["gt"]), "--results", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"resnet-fpn eval: error: results file {bad} is not valid JSON" in err and len(err.splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,7 +458,7 @@ def test_bad_predictions_are_named(val100, gt_json):
 
 
 # ------------------------------------------------------------------------------------------------
-# Reports and the benchmark
+# Reports
 # ------------------------------------------------------------------------------------------------
 def test_table_and_plots(val100, reference, tmp_path):
     result = score_results(val100["gt"], val100["segm"], iou_types=("segm",))
@@ -489,16 +483,6 @@ def test_table_and_plots(val100, reference, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match=r"category_names has 2 names but precision has 80 categories"):
         plot_precision_recall(result.precision["segm"], tmp_path, iou_type="segm", category_names=["a", "b"])
-
-
-def test_benchmark_backends_agree(val100, reference):
-    rows = benchmark_backends(val100["gt"], val100["bbox"], iou_types=("bbox",), repeats=1)
-    assert [r["backend"] for r in rows] == list(BACKENDS)
-    for row in rows:
-        assert row["identical"] and row["max_abs_diff"] <= 1e-12
-        np.testing.assert_allclose(row["stats"]["bbox"], reference["bbox"].stats[:12], rtol=0, atol=1e-12)
-        assert len(row["times_s"]) == 1 and row["median_s"] > 0
-    assert rows[0]["speedup"] == 1.0
 
 
 def test_segm_memory_grows_with_detections_not_pixels(val100):

@@ -74,10 +74,10 @@ def projection_params(name: str, *, where: str) -> int:
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnext50_32x4d"])
 def test_shortcut_options_change_counts_as_the_shapes_say(name):
     with torch.device("meta"):
-        b = count(build_resnet(name, shortcut="B"))
-        a = count(build_resnet(name, shortcut="A"))
-        c = count(build_resnet(name, shortcut="C"))
-        plain = count(build_resnet(name, shortcut="none"))
+        b = count(build_resnet(name, options={"shortcut": "B"}))
+        a = count(build_resnet(name, options={"shortcut": "A"}))
+        c = count(build_resnet(name, options={"shortcut": "C"}))
+        plain = count(build_resnet(name, options={"shortcut": "none"}))
     assert a == b - projection_params(name, where="changes")  # A: projections become zero padding
     assert c == b + projection_params(name, where="same")  # C: a projection on every block
     assert plain == a  # neither zero padding nor no shortcut has parameters
@@ -85,11 +85,11 @@ def test_shortcut_options_change_counts_as_the_shapes_say(name):
 
 def test_resnet34_option_a_count():
     with torch.device("meta"):
-        assert count(build_resnet("resnet34", shortcut="A")) == 21_623_848
+        assert count(build_resnet("resnet34", options={"shortcut": "A"})) == 21_623_848
 
 
 def test_plain_network_has_no_residual_add():
-    model = build_resnet("resnet18", shortcut="none").eval()
+    model = build_resnet("resnet18", options={"shortcut": "none"}).eval()
     block = model.layer1[0]
     x = torch.randn(1, 64, 8, 8)
     # With no shortcut the block is conv-bn-relu-conv-bn-relu: zeroing conv2 zeroes the output.
@@ -102,13 +102,13 @@ def test_plain_network_has_no_residual_add():
 def test_option_a_output_matches_shape_of_option_b():
     x = torch.randn(1, 3, 65, 47)
     with torch.no_grad():
-        a = build_resnet("resnet18", shortcut="A", num_classes=None).eval()(x)
-        b = build_resnet("resnet18", shortcut="B", num_classes=None).eval()(x)
+        a = build_resnet("resnet18", options={"shortcut": "A"}, num_classes=None).eval()(x)
+        b = build_resnet("resnet18", options={"shortcut": "B"}, num_classes=None).eval()(x)
     assert a.shape == b.shape == (1, 512, 3, 2)
 
 
 def test_stride_in_1x1_moves_the_stride():
-    model = build_resnet("resnet50", stride_in_1x1=True)
+    model = build_resnet("resnet50", options={"stride_in_1x1": True})
     block = model.layer2[0]
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
     default = build_resnet("resnet50").layer2[0]
@@ -116,7 +116,7 @@ def test_stride_in_1x1_moves_the_stride():
 
 
 def test_dilation_keeps_c5_at_stride_16():
-    model = build_resnet("resnet50", replace_stride_with_dilation=(False, False, True), num_classes=None).eval()
+    model = build_resnet("resnet50", options={"replace_stride_with_dilation": (False, False, True)}, num_classes=None).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 96)).shape == (1, 2048, 4, 6)
     assert model.layer4[1].conv2.dilation == (2, 2)
@@ -124,7 +124,7 @@ def test_dilation_keeps_c5_at_stride_16():
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "preact_resnet50"])
 def test_zero_init_residual_makes_blocks_identity_like(name):
-    model = build_resnet(name, zero_init_residual=True)
+    model = build_resnet(name, options={"zero_init_residual": True})
     for block in model.layer1:
         assert torch.count_nonzero(block.last_norm().weight) == 0
 
@@ -155,8 +155,10 @@ def test_headless_model_returns_c5():
     [
         ({"name": "resnet5O"}, ValueError, r"unknown model 'resnet5O'\. Did you mean 'resnet50'"),
         ({"name": 50}, TypeError, r"model name must be a str, got int 50"),
-        ({"name": "resnet50", "shortcut": "D"}, ValueError, r"shortcut must be one of \('A', 'B', 'C', 'none'\), got 'D'"),
-        ({"name": "resnet50", "replace_stride_with_dilation": (True,)}, ValueError, r"must be 3 booleans .* got \(True,\)"),
+        ({"name": "resnet50", "options": {"shortcut": "D"}}, ValueError, r"shortcut must be one of \('A', 'B', 'C', 'none'\), got 'D'"),
+        ({"name": "resnet50", "options": {"replace_stride_with_dilation": (True,)}}, ValueError, r"must be 3 booleans .* got \(True,\)"),
+        ({"name": "resnet50", "options": {"stride": 1}}, ValueError, r"unknown ResNet options \['stride'\]; valid options are \['shortcut', 'stride_in_1x1'"),
+        ({"name": "resnet50", "options": "B"}, TypeError, r"options must be a ResNetOptions, a mapping of its fields or None, got 'B'"),
         ({"name": "resnet50", "num_classes": 0}, ValueError, r"num_classes must be a positive int or None, got 0"),
         ({"name": "resnet50", "norm_layer": "bn"}, TypeError, r"norm_layer must be a callable"),
     ],

@@ -14,7 +14,7 @@ from torch import nn
 
 from resnet_fpn.checkpoint import detector_from_checkpoint
 from resnet_fpn.evaluation import evaluate_results
-from resnet_fpn.evaluation.checkpoint_eval import evaluate_checkpoint
+from resnet_fpn import evaluate_checkpoint
 from resnet_fpn.training import config_from_dict, load_config, train
 from resnet_fpn.training.module import DetectionModule, lr_lambda, parameter_groups
 
@@ -154,8 +154,9 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert [row["step"] for row in history] == [2, 4] and (run / "ap_vs_time.png").stat().st_size > 0
     # The checkpoint rebuilds the detector that was trained, and it scores the same on the val set.
-    detector, categories, options = detector_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert [c.name for c in categories] == ["circle", "rectangle", "triangle"] and options["num_classes"] == 4
+    loaded = detector_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert [c.name for c in loaded.categories] == ["circle", "rectangle", "triangle"]
+    assert loaded.options["num_classes"] == 4 and loaded.iou_types == ("bbox",)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     # tools/eval_det.py --checkpoint: the same numbers as training's final evaluation, and its results file
@@ -173,10 +174,9 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     assert (out / "pr_bbox_iou50.png").is_file()
     # The inference-optimised detector (folded BN, channels_last, fused convs) detects the same boxes.
     ann, images = data_root / "annotations" / "instances_val.json", data_root / "images"
-    fast_metrics, fast_results, _ = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann,
-                                                        images_dir=images, optimize=True)
-    assert len(fast_results) == len(json.loads((out / "r.json").read_text()))
-    assert abs(fast_metrics["bbox"]["AP"] - metrics["bbox"]["AP"]) <= 1e-3
+    fast = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann, images_dir=images, optimize=True)
+    assert len(fast.results) == len(json.loads((out / "r.json").read_text()))
+    assert abs(fast.metrics["bbox"]["AP"] - metrics["bbox"]["AP"]) <= 1e-3
     with pytest.raises(ValueError, match=r"dtype=torch\.bfloat16 needs optimize=True"):
         evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann, images_dir=images,
                             dtype=torch.bfloat16)
@@ -232,7 +232,7 @@ def test_faster_rcnn_on_coco128(tmp_path, shared_data):
     # coco128's val split holds 40 of the 80 classes: the others have no ground truth and read -1.
     per_category = metrics["per_category"]["bbox"]
     assert len(per_category) == 80 and sum(v == -1 for v in per_category.values()) == 40
-    detector, categories, _ = detector_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    categories = detector_from_checkpoint(out / "checkpoints" / "last.ckpt").categories
     assert len(categories) == 80 and categories[-1].id == 90  # original COCO ids, with their gaps
 
 

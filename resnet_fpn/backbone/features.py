@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ..models.resnet import ResNet
+from ..models.resnet import ResNet, ResNetOptions
 from ..models.variants import ResNetVariant
+from .base import Backbone
 from .norms import check_freeze_at, freeze_module, norm_layer_for
 from .shape import ShapeSpec
 
@@ -27,7 +28,7 @@ def check_out_features(out_features: object, allowed: Sequence[str]) -> List[str
     return [name for name in allowed if name in out_features]
 
 
-class ResNetFeatures(ResNet):
+class ResNetFeatures(ResNet, Backbone):
     """A ResNet body that returns its stage outputs as ``OrderedDict(c2=..., c5=...)``.
 
     Parameter names are the classifier's (``conv1``, ``layer3``...) minus the head, so ImageNet checkpoints
@@ -40,7 +41,7 @@ class ResNetFeatures(ResNet):
         norm: "frozen_bn", "bn", "sync_bn" or "gn".
         freeze_at: detectron2's meaning: 0 nothing frozen, 1 the stem, 2 stem + c2, ..., 5 everything.
             Frozen means no gradient, and BN turned into FrozenBatchNorm2d (statistics never move).
-        shortcut, stride_in_1x1, replace_stride_with_dilation, zero_init_residual: see ``ResNet``.
+        options: architecture options (``ResNetOptions`` or a mapping of its fields).
 
     Example:
         >>> body = ResNetFeatures(get_variant("resnet50"), out_features=["c3", "c5"])
@@ -55,20 +56,9 @@ class ResNetFeatures(ResNet):
         out_features: Sequence[str] = tuple(STAGES),
         norm: str = "bn",
         freeze_at: int = 0,
-        shortcut: str = "B",
-        stride_in_1x1: bool = False,
-        replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-        zero_init_residual: bool = False,
+        options: Union[ResNetOptions, Mapping[str, object], None] = None,
     ) -> None:
-        super().__init__(
-            variant,
-            num_classes=None,
-            shortcut=shortcut,
-            stride_in_1x1=stride_in_1x1,
-            replace_stride_with_dilation=replace_stride_with_dilation,
-            zero_init_residual=zero_init_residual,
-            norm_layer=norm_layer_for(norm),
-        )
+        super().__init__(variant, num_classes=None, options=options, norm_layer=norm_layer_for(norm))
         self.out_features = check_out_features(out_features, list(STAGES))
         last = list(STAGES).index(self.out_features[-1])
         for name in list(STAGES)[last + 1:]:
@@ -76,21 +66,15 @@ class ResNetFeatures(ResNet):
         if hasattr(self, "norm") and self.out_features[-1] != "c5":
             del self.norm  # the final BN-ReLU of a pre-activation net only serves c5
         dilation_factor = 1
-        self._shapes: Dict[str, ShapeSpec] = {}
+        shapes: Dict[str, ShapeSpec] = {}
         for index, (name, (_, stride)) in enumerate(STAGES.items()):
-            if index > 0 and replace_stride_with_dilation[index - 1]:
+            if index > 0 and self.options.replace_stride_with_dilation[index - 1]:
                 dilation_factor *= 2
             if name in self.out_features:
-                self._shapes[name] = ShapeSpec(variant.stage_channels[index], stride // dilation_factor)
-        if len(self.out_features) == 1:
-            # torchvision's detectors read `out_channels` from single-map backbones.
-            self.out_channels = self._shapes[self.out_features[0]].channels
+                shapes[name] = ShapeSpec(variant.stage_channels[index], stride // dilation_factor)
+        self.set_output_shape(shapes)
         self.freeze_at = 0
         self.freeze(freeze_at)
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        """Channels and stride of each output, by name (in stride order)."""
-        return dict(self._shapes)
 
     def stage_members(self) -> List[List[str]]:
         """Attribute names of the freezable units in order: the stem, then layer1..layer4 (those built).

@@ -1,73 +1,119 @@
-"""The FPN neck (Lin et al., 2017) on torchvision's FeaturePyramidNetwork and its extra blocks."""
+"""The FPN neck (Lin et al., 2017) on torchvision's FeaturePyramidNetwork, and its top blocks."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, Type, Union
 
 from torch import Tensor, nn
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from .base import Backbone
 from .norms import norm_layer_for
 from .shape import ShapeSpec
 
-__all__ = ["TOP_BLOCKS", "FPN_NORMS", "BackboneWithFPN"]
+__all__ = ["TOP_BLOCKS", "FPN_NORMS", "FPNBackbone", "MaxPoolTopBlock", "P6P7TopBlock"]
 
-# "maxpool": P2-P6 with P6 a stride-2 max pool of P5 (Faster/Mask R-CNN). "p6p7": P3-P7 with two stride-2
-# 3x3 convs on P5 (RetinaNet/FCOS; torchvision's FCOS and RetinaNet v2 read P5, not C5).
-TOP_BLOCKS = {"maxpool": ("pool",), "p6p7": ("p6", "p7")}
 FPN_NORMS = (None, "bn", "gn")
 
 
-class BackboneWithFPN(nn.Module):
+class MaxPoolTopBlock(LastLevelMaxPool):
+    """P6 as a stride-2 max pool of P5 (Faster/Mask R-CNN: anchors on P2-P6, RoIs pooled from P2-P5).
+
+    torchvision's ``LastLevelMaxPool`` (no parameters) declaring the names it adds.
+    """
+
+    names: Tuple[str, ...] = ("pool",)
+
+    def __init__(self, channels: int) -> None:  # channels unused: a max pool keeps them
+        super().__init__()
+
+
+class P6P7TopBlock(LastLevelP6P7):
+    """P6 and P7 from two stride-2 3x3 convs on P5 (RetinaNet/FCOS on P3-P7).
+
+    torchvision's ``LastLevelP6P7`` with equal in/out channels, so it reads P5 as torchvision's FCOS and
+    RetinaNet v2 do (detectron2's RetinaNet reads C5 instead); parameter names ``p6``/``p7`` are torchvision's.
+    """
+
+    names: Tuple[str, ...] = ("p6", "p7")
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels)
+
+
+# The names YAML and the CLI use for the top blocks.
+TOP_BLOCKS: Dict[str, Type[ExtraFPNBlock]] = {"maxpool": MaxPoolTopBlock, "p6p7": P6P7TopBlock}
+
+
+def check_top_block(top_block: object) -> Type[ExtraFPNBlock]:
+    """The top-block class for a name of ``TOP_BLOCKS``.
+
+    Raises:
+        ValueError: an unknown name (the valid ones are listed).
+    """
+    if top_block not in TOP_BLOCKS:
+        raise ValueError(f"top_block must be one of {list(TOP_BLOCKS)}, got {top_block!r}")
+    return TOP_BLOCKS[top_block]  # type: ignore[index]
+
+
+class FPNBackbone(Backbone):
     """A feature producer (`body`) followed by torchvision's FPN (`fpn`); drops into torchvision's detectors.
 
     The attribute names ``body`` and ``fpn`` and the output keys (``"0".."3"``, ``"pool"``; or ``"0".."2"``,
     ``"p6"``, ``"p7"``) are torchvision's, so its detection checkpoints load unchanged and its default
-    ``MultiScaleRoIAlign(["0", "1", "2", "3"])`` and anchor generators work as they are.
+    ``MultiScaleRoIAlign(["0", "1", "2", "3"])`` and anchor generators work as they are. (torchvision's own
+    ``BackboneWithFPN`` takes a classifier and layer names; this one takes a declared body.)
 
     Args:
-        body: a module returning an ordered dict of feature maps and declaring them with ``output_shape()``.
-        top_block: "maxpool" or "p6p7" (see TOP_BLOCKS).
+        body: a ``Backbone`` (declares its outputs with ``output_shape()``).
+        top_block: "maxpool" or "p6p7" (see ``TOP_BLOCKS``), or a top-block module with a ``names`` tuple
+            (each added level has twice the stride of the one before).
         fpn_channels: channels of every pyramid level (``out_channels``).
         norm: None (plain convs, as torchvision and detectron2's default), "bn" or "gn" in the FPN convs.
 
     Example:
-        >>> fpn = BackboneWithFPN(ResNetFeatures(get_variant("resnet18")))
+        >>> fpn = FPNBackbone(ResNetFeatures(get_variant("resnet18")))
         >>> {k: (s.channels, s.stride) for k, s in fpn.output_shape().items()}
         {'0': (256, 4), '1': (256, 8), '2': (256, 16), '3': (256, 32), 'pool': (256, 64)}
     """
 
-    def __init__(self, body: nn.Module, *, top_block: str = "maxpool", fpn_channels: int = 256,
-                 norm: Optional[str] = None) -> None:
+    def __init__(self, body: nn.Module, *, top_block: Union[str, ExtraFPNBlock] = "maxpool",
+                 fpn_channels: int = 256, norm: Optional[str] = None) -> None:
         super().__init__()
-        if top_block not in TOP_BLOCKS:
-            raise ValueError(f"top_block must be one of {list(TOP_BLOCKS)}, got {top_block!r}")
         if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
             raise ValueError(f"fpn_channels must be a positive int, got {fpn_channels!r}")
         if norm not in FPN_NORMS:
             raise ValueError(f"FPN norm must be one of {FPN_NORMS}, got {norm!r}")
+        if not callable(getattr(body, "output_shape", None)):
+            raise TypeError(
+                f"the FPN body {type(body).__name__} must declare its outputs with output_shape() -> "
+                f"{{name: ShapeSpec(channels, stride)}} (subclass resnet_fpn.backbone.Backbone)"
+            )
+        extra = check_top_block(top_block)(fpn_channels) if isinstance(top_block, str) else top_block
+        if not isinstance(extra, ExtraFPNBlock) or not isinstance(getattr(extra, "names", None), tuple):
+            raise TypeError(f"top_block must be a name of {list(TOP_BLOCKS)} or an ExtraFPNBlock with a `names` "
+                            f"tuple, got {top_block!r}")
         self.body = body
         in_shapes = body.output_shape()
-        extra = LastLevelMaxPool() if top_block == "maxpool" else LastLevelP6P7(fpn_channels, fpn_channels)
         self.fpn = FeaturePyramidNetwork(
             [shape.channels for shape in in_shapes.values()],
             fpn_channels,
             extra_blocks=extra,
             norm_layer=None if norm is None else norm_layer_for(norm),
         )
-        self.out_channels = fpn_channels
-        self.top_block = top_block
-        self._shapes: Dict[str, ShapeSpec] = {
-            str(i): ShapeSpec(fpn_channels, shape.stride) for i, shape in enumerate(in_shapes.values())
-        }
-        last_stride = list(in_shapes.values())[-1].stride
-        for name in TOP_BLOCKS[top_block]:
-            last_stride *= 2
-            self._shapes[name] = ShapeSpec(fpn_channels, last_stride)
+        shapes = OrderedDict(
+            (str(i), ShapeSpec(fpn_channels, shape.stride)) for i, shape in enumerate(in_shapes.values())
+        )
+        stride = list(in_shapes.values())[-1].stride
+        for name in extra.names:
+            stride *= 2
+            shapes[name] = ShapeSpec(fpn_channels, stride)
+        self.set_output_shape(shapes)
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        """Channels and stride per output key, e.g. ``{"0": (256, 4), ..., "pool": (256, 64)}``."""
-        return dict(self._shapes)
+    @property
+    def top_block(self) -> ExtraFPNBlock:
+        """The top-block module (``fpn.extra_blocks``)."""
+        return self.fpn.extra_blocks
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         features = self.body(x)

@@ -1,12 +1,13 @@
 """Norm choices for backbones, and freezing: no gradient, and BN statistics that never move."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["NORMS", "norm_layer_for", "convert_frozen_batchnorm", "freeze_module", "check_freeze_at"]
+__all__ = ["NORMS", "norm_layer_for", "convert_frozen_batchnorm", "freeze_module", "check_freeze_at",
+           "resolve_norm_and_freeze"]
 
 # "auto" is resolved by build_backbone: frozen BN with pretrained weights, BN from scratch.
 NORMS = ("auto", "frozen_bn", "bn", "sync_bn", "gn")
@@ -70,3 +71,30 @@ def check_freeze_at(freeze_at: object, *, num_stages: int = 5) -> int:
             f"{num_stages} everything), got {freeze_at}"
         )
     return freeze_at
+
+
+def resolve_norm_and_freeze(norm: str, freeze_at: Optional[int], *, pretrained: bool) -> Tuple[str, int]:
+    """THE "auto" rule, in one place: what ``norm="auto"`` and ``freeze_at=None`` mean.
+
+    With pretrained weights (ImageNet, or a whole detector being fine-tuned): frozen BN and ``freeze_at=2``
+    (the stem and c2 frozen), as torchvision's ``trainable_layers=3`` and detectron2's ``FREEZE_AT: 2``; the
+    statistics of a small detection batch would only damage the ImageNet ones. From scratch: trainable BN
+    and nothing frozen (there is nothing to keep).
+
+    Args:
+        norm: a name of ``NORMS``; "auto" is resolved, the others returned as they are.
+        freeze_at: an int in 0..5 (validated), or None for the default above.
+        pretrained: whether weights are loaded into the backbone (or the whole detector).
+
+    Returns:
+        (norm, freeze_at), both resolved.
+
+    Raises:
+        ValueError, TypeError: an unknown norm or a bad freeze_at.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "auto":
+        norm = "frozen_bn" if pretrained else "bn"
+    resolved_freeze = (2 if pretrained else 0) if freeze_at is None else check_freeze_at(freeze_at)
+    return norm, resolved_freeze

@@ -10,8 +10,8 @@ from torch import nn
 from ..models.variants import VARIANTS, get_variant, suggest_names
 from ..weights import WeightsSource, load_weights
 from .features import STAGES, ResNetFeatures
-from .fpn import TOP_BLOCKS, BackboneWithFPN
-from .norms import NORMS, check_freeze_at
+from .fpn import FPNBackbone, check_top_block
+from .norms import resolve_norm_and_freeze
 from .timm_features import TimmFeatures
 
 __all__ = ["build_backbone", "list_backbones", "register_backbone", "BackboneFactory"]
@@ -75,7 +75,7 @@ def _load_into_backbone(model: nn.Module, weights: WeightsSource) -> None:
 def _resnet_factory(variant_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
                     fpn_channels) -> nn.Module:
     body = ResNetFeatures(get_variant(variant_name), out_features=out_features, norm=norm)
-    model = BackboneWithFPN(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
+    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
     if weights is not None:
         _load_into_backbone(model, weights)
     body.freeze(freeze_at)  # after loading, so frozen BN copies the loaded statistics
@@ -90,7 +90,7 @@ for _name in VARIANTS:
 def _timm_factory(model_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
                   fpn_channels) -> nn.Module:
     body = TimmFeatures(model_name, out_features=out_features, norm=norm)
-    model = BackboneWithFPN(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
+    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
     if weights is not None:
         _load_into_backbone(model, weights)
     body.freeze(freeze_at)
@@ -137,12 +137,8 @@ def build_backbone(
     """
     if not isinstance(name, str):
         raise TypeError(f"backbone name must be a str, got {type(name).__name__} {name!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if top_block not in TOP_BLOCKS:
-        raise ValueError(f"top_block must be one of {list(TOP_BLOCKS)}, got {top_block!r}")
-    resolved_norm = ("frozen_bn" if weights is not None else "bn") if norm == "auto" else norm
-    resolved_freeze = (2 if weights is not None else 0) if freeze_at is None else check_freeze_at(freeze_at)
+    resolved_norm, resolved_freeze = resolve_norm_and_freeze(norm, freeze_at, pretrained=weights is not None)
+    check_top_block(top_block)
     if out_features is None:
         out_features = list(STAGES)[1:] if top_block == "p6p7" else list(STAGES)
     options = dict(weights=weights, norm=resolved_norm, freeze_at=resolved_freeze, out_features=out_features,

@@ -7,6 +7,7 @@ from typing import Dict, List, Sequence
 
 from torch import Tensor, nn
 
+from .base import Backbone
 from .features import check_out_features
 from .norms import check_freeze_at, convert_frozen_batchnorm, freeze_module
 from .shape import ShapeSpec
@@ -16,7 +17,7 @@ __all__ = ["TimmFeatures"]
 TIMM_NORMS = ("frozen_bn", "bn", "sync_bn")
 
 
-class TimmFeatures(nn.Module):
+class TimmFeatures(Backbone):
     """A timm ``features_only`` model whose outputs are named by stride: ``c2`` (4) .. ``c5`` (32).
 
     Channels and strides come from timm's ``feature_info``; nothing is downloaded (``pretrained=False``;
@@ -57,19 +58,13 @@ class TimmFeatures(nn.Module):
                 by_name[f"c{level}"] = (index, ShapeSpec(channels, reduction), module)
         self.out_features = check_out_features(out_features, list(by_name))
         self._index = [by_name[name][0] for name in self.out_features]
-        self._shapes: Dict[str, ShapeSpec] = {name: by_name[name][1] for name in self.out_features}
+        self.set_output_shape({name: by_name[name][1] for name in self.out_features})
         self._stage_modules = {name: by_name[name][2] for name in by_name}
         if norm == "frozen_bn":
             convert_frozen_batchnorm(self.model)
         elif norm == "sync_bn":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if len(self.out_features) == 1:
-            self.out_channels = self._shapes[self.out_features[0]].channels
         self.freeze(freeze_at)
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        """Channels and stride of each output, by name (from timm's feature_info)."""
-        return dict(self._shapes)
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze the top-level children of timm's feature net up to the stage of ``c<freeze_at>``."""

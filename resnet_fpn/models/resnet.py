@@ -1,17 +1,87 @@
 """The ResNet classifier built from the variant table, with torchvision's parameter names."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Union
+from dataclasses import dataclass, fields
+from typing import Callable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..weights import load_weights
 from .blocks import BLOCKS, SHORTCUTS, BlockOptions, make_shortcut
 from .variants import ResNetVariant, get_variant
 
-__all__ = ["ResNet", "build_resnet"]
+__all__ = ["ResNet", "ResNetOptions", "build_resnet"]
 
 NormLayer = Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ResNetOptions:
+    """The architecture options of a ResNet beyond its variant: THE one declaration of them.
+
+    ``ResNet``, ``build_resnet`` and the backbone's ``ResNetFeatures`` all take an ``options=`` of this type
+    (or a mapping of its fields, e.g. read from YAML), so a new option is added here and nowhere else.
+
+    Attributes:
+        shortcut: "B" (projection where the shape changes), "A" (zero padding), "C" (projection
+            everywhere) or "none" (plain network): He et al. 2016, section 4.1.
+        stride_in_1x1: bottleneck stride on the 1x1 conv (MSRA/Caffe, detectron2's ``STRIDE_IN_1X1``) instead
+            of the 3x3 (torchvision's ResNet v1.5).
+        replace_stride_with_dilation: for layer2..layer4, dilate instead of striding (dilated C5 for
+            segmentation, detectron2's DC5), as torchvision's argument of that name.
+        zero_init_residual: zero the last norm (or conv, pre-activation) of each block so it starts as
+            an identity (Goyal et al., 2017).
+
+    Raises:
+        ValueError: a value outside its allowed set (named with the allowed values).
+
+    Example:
+        >>> ResNetOptions.coerce({"stride_in_1x1": True}).stride_in_1x1
+        True
+    """
+
+    shortcut: str = "B"
+    stride_in_1x1: bool = False
+    replace_stride_with_dilation: Tuple[bool, bool, bool] = (False, False, False)
+    zero_init_residual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        dilation = self.replace_stride_with_dilation
+        if (
+            not isinstance(dilation, (tuple, list))
+            or len(dilation) != 3
+            or not all(isinstance(d, bool) for d in dilation)
+        ):
+            raise ValueError(
+                f"replace_stride_with_dilation must be 3 booleans (for layer2, layer3, layer4), got {dilation!r}"
+            )
+        object.__setattr__(self, "replace_stride_with_dilation", tuple(dilation))
+        for name in ("stride_in_1x1", "zero_init_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @classmethod
+    def coerce(cls, value: Union["ResNetOptions", Mapping[str, object], None]) -> "ResNetOptions":
+        """Options from None (the defaults), an instance, or a mapping of field names (YAML, CLI).
+
+        Raises:
+            ValueError: a mapping key that is not an option (the valid names are listed).
+            TypeError: `value` is none of the accepted types.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls)]
+            unknown = [k for k in value if k not in valid]
+            if unknown:
+                raise ValueError(f"unknown ResNet options {unknown}; valid options are {valid}")
+            return cls(**value)  # type: ignore[arg-type]
+        raise TypeError(f"options must be a ResNetOptions, a mapping of its fields or None, got {value!r}")
 
 
 class ResNet(nn.Module):
@@ -24,13 +94,7 @@ class ResNet(nn.Module):
     Args:
         variant: the architecture (see ``resnet_fpn.models.variants``).
         num_classes: classifier outputs; None builds no head (avgpool/fc), as backbones need.
-        shortcut: "B" (projection where the shape changes), "A" (zero padding), "C" (projection
-            everywhere) or "none" (plain network).
-        stride_in_1x1: bottleneck stride on the 1x1 conv (MSRA/Caffe, detectron2) instead of the 3x3.
-        replace_stride_with_dilation: for layer2..layer4, dilate instead of striding (dilated C5 for
-            segmentation, as torchvision).
-        zero_init_residual: zero the last norm (or conv, pre-activation) of each block so it starts as
-            an identity (Goyal et al., 2017).
+        options: architecture options (``ResNetOptions`` or a mapping of its fields).
         norm_layer: callable ``channels -> module``; default ``nn.BatchNorm2d``.
         in_chans: input channels.
 
@@ -45,25 +109,24 @@ class ResNet(nn.Module):
         variant: ResNetVariant,
         *,
         num_classes: Optional[int] = 1000,
-        shortcut: str = "B",
-        stride_in_1x1: bool = False,
-        replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-        zero_init_residual: bool = False,
+        options: Union[ResNetOptions, Mapping[str, object], None] = None,
         norm_layer: Optional[NormLayer] = None,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        _check_options(shortcut, replace_stride_with_dilation, num_classes, norm_layer)
+        options = ResNetOptions.coerce(options)
+        _check_head_and_norm(num_classes, norm_layer)
         norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         self.variant = variant
-        self.shortcut = shortcut
+        self.options = options
+        shortcut = options.shortcut
         block = BLOCKS[(variant.block, variant.preact)]
-        options = BlockOptions(
+        block_options = BlockOptions(
             groups=variant.groups,
             width_per_group=variant.width_per_group,
             norm_layer=norm_layer,
             se=variant.se,
-            stride_in_1x1=stride_in_1x1,
+            stride_in_1x1=options.stride_in_1x1,
         )
 
         if variant.deep_stem:
@@ -81,7 +144,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
         in_ch, dilation = 64, 1
-        dilate = (False, *replace_stride_with_dilation)
+        dilate = (False, *options.replace_stride_with_dilation)
         for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), variant.layers)):
             stride = 1 if index == 0 else 2
             previous_dilation = dilation
@@ -103,7 +166,7 @@ class ResNet(nn.Module):
                         norm_layer=None if variant.preact else norm_layer, avg_down=variant.avg_down,
                     ),
                     has_shortcut=shortcut != "none",
-                    options=options,
+                    options=block_options,
                 ))
             self.add_module(f"layer{index + 1}", nn.Sequential(*layer))
             in_ch = out_ch
@@ -114,7 +177,7 @@ class ResNet(nn.Module):
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(in_ch, num_classes)
-        self.reset_parameters(zero_init_residual=zero_init_residual)
+        self.reset_parameters(zero_init_residual=options.zero_init_residual)
 
     def reset_parameters(self, *, zero_init_residual: bool = False) -> None:
         """He et al. 2015 init: Kaiming normal (fan_out, ReLU) for convs; norms start at weight 1, bias 0."""
@@ -153,19 +216,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _check_options(
-    shortcut: object, dilation: object, num_classes: object, norm_layer: object
-) -> None:
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-    if (
-        not isinstance(dilation, (tuple, list))
-        or len(dilation) != 3
-        or not all(isinstance(d, bool) for d in dilation)
-    ):
-        raise ValueError(
-            f"replace_stride_with_dilation must be 3 booleans (for layer2, layer3, layer4), got {dilation!r}"
-        )
+def _check_head_and_norm(num_classes: object, norm_layer: object) -> None:
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
     if norm_layer is not None and not callable(norm_layer):
@@ -177,10 +228,7 @@ def build_resnet(
     *,
     num_classes: Optional[int] = 1000,
     weights: Union[str, dict, None] = None,
-    shortcut: str = "B",
-    stride_in_1x1: bool = False,
-    replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-    zero_init_residual: bool = False,
+    options: Union[ResNetOptions, Mapping[str, object], None] = None,
     norm_layer: Optional[NormLayer] = None,
     in_chans: int = 3,
 ) -> ResNet:
@@ -190,8 +238,8 @@ def build_resnet(
         name: a name of ``list_models()``, e.g. ``"resnet50"``, ``"resnext101_32x8d"``, ``"se_resnet50"``.
         num_classes: classifier outputs (1000 for ImageNet); None builds no head.
         weights: optional checkpoint (path, URL or state dict) loaded strictly through ``load_weights``.
-        shortcut, stride_in_1x1, replace_stride_with_dilation, zero_init_residual, norm_layer, in_chans:
-            see ``ResNet``.
+        options: architecture options, a ``ResNetOptions`` or a mapping such as ``{"shortcut": "A"}``.
+        norm_layer, in_chans: see ``ResNet``.
 
     Returns:
         The network, parameter names as torchvision's (and timm's for timm architectures).
@@ -207,15 +255,10 @@ def build_resnet(
     model = ResNet(
         get_variant(name),
         num_classes=num_classes,
-        shortcut=shortcut,
-        stride_in_1x1=stride_in_1x1,
-        replace_stride_with_dilation=replace_stride_with_dilation,
-        zero_init_residual=zero_init_residual,
+        options=options,
         norm_layer=norm_layer,
         in_chans=in_chans,
     )
     if weights is not None:
-        from ..weights import load_weights  # weights imports models; import here to avoid a cycle
-
         load_weights(model, weights, strict=True)
     return model

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .resnet import build_resnet
 from .variants import VARIANTS
 
-__all__ = ["ZooRow", "model_zoo_rows", "format_zoo_table", "format_backbone_table"]
+__all__ = ["ZooRow", "model_zoo_rows", "format_zoo_table"]
 
 
 @dataclass(frozen=True)
@@ -62,22 +62,4 @@ def format_zoo_table(rows: Sequence[ZooRow], *, size: int = 224) -> str:
         lines.append(
             f"| {r.name} | {r.params:,} | {r.gmacs:.2f} | {'/'.join(map(str, r.channels))} | {r.loads} |"
         )
-    return "\n".join(lines)
-
-
-def format_backbone_table(names: Sequence[str] = tuple(VARIANTS)) -> str:
-    """A Markdown table of each ``<name>-fpn`` backbone: parameters (body + FPN, no head) and its outputs.
-
-    Built on the meta device from the declared ``output_shape()``; nothing is run.
-    """
-    from ..backbone import build_backbone  # the backbone package builds on this one
-
-    lines = ["| backbone | params (body + FPN) | body outputs (channels/stride) | FPN outputs |", "|---|---:|---|---|"]
-    for name in names:
-        with torch.device("meta"):
-            model = build_backbone(f"{name}-fpn")
-        body = ", ".join(f"{k}: {s.channels}/{s.stride}" for k, s in model.body.output_shape().items())
-        fpn = ", ".join(f"{k}/{s.stride}" for k, s in model.output_shape().items())
-        params = sum(p.numel() for p in model.parameters())
-        lines.append(f"| {name}-fpn | {params:,} | {body} | {model.out_channels} ch: {fpn} |")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checkpoint import read_categories
 from ..coco_format import Category
-from ..detectors import build_detector
+from ..detectors import build_detector, iou_types_of
 from ..evaluation import COCOEvaluator
 from ..evaluation.coco import STAT_NAMES
 
@@ -81,7 +81,7 @@ class DetectionModule(L.LightningModule):
 
     @property
     def iou_types(self) -> List[str]:
-        return ["bbox", "segm"] if self.hparams.model["model"] == "mask_rcnn" else ["bbox"]
+        return list(iou_types_of(self.hparams.model["model"]))
 
     def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
         return self.model(images)
@@ -99,7 +99,7 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         dataset = self.trainer.datamodule.val_dataset
         self.evaluator = COCOEvaluator(
-            dataset.coco,
+            dataset.annotations,
             iou_types=self.iou_types,
             backend=self.hparams.eval_backend,
             label_to_category_id={c.label: c.id for c in self.categories},

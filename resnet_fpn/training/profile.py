@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch.profiler import profile
 
+from ..detectors import iou_types_of
 from .config import TrainConfig
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
@@ -29,7 +30,7 @@ def profile_train_step(config: TrainConfig, *, steps: int = 4, top: int = 8,
         ``{"data_ms": per batch, "step_s": median, "ops": [(name, ms), ...]}``.
     """
     model = {**config.model, **(model_overrides or {})}
-    datamodule = DetectionDataModule(config.data, with_masks=model["model"] == "mask_rcnn", seed=0)
+    datamodule = DetectionDataModule(config.data, with_masks="segm" in iou_types_of(model["model"]), seed=0)
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = iter(datamodule.train_dataloader())

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from ..detectors import iou_types_of
 from ..evaluation import format_metrics_table
 from ..files import atomic_write_json
 from .config import TrainConfig
@@ -132,7 +133,7 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
     ckpt_path = find_resume_checkpoint(output_dir, resume)
     L.seed_everything(config.trainer.seed, workers=True)
     model_name = config.model["model"]
-    datamodule = DetectionDataModule(config.data, with_masks=model_name == "mask_rcnn", seed=config.trainer.seed)
+    datamodule = DetectionDataModule(config.data, with_masks="segm" in iou_types_of(model_name), seed=config.trainer.seed)
     # Setup before the Trainer: num_classes comes from the data, and bad data fails before any training.
     datamodule.prepare_data()
     datamodule.setup("fit")

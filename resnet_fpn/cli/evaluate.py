@@ -1,0 +1,113 @@
+"""Score COCO detection results, or a trained checkpoint, with pycocotools' numbers.
+
+    resnet-fpn eval --gt instances_val.json --results results.json [more.json ...] \
+        --iou-types bbox segm --out metrics.json [--backend faster_coco_eval] [--plots DIR]
+    resnet-fpn eval --checkpoint outputs/demo/checkpoints/last.ckpt --data-root DIR \
+        [--ann instances_val.json --images DIR] --out metrics.json [--results-out results.json] [--plots DIR]
+        [--optimize [--dtype bfloat16]]
+
+Several results files are concatenated in order (e.g. one file per process). The table is printed, the
+metrics dict (``resnet_fpn.evaluation.evaluate_results`` layout) is written to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+from ..evaluation import BACKENDS, IOU_TYPES, format_metrics_table, plot_precision_recall, score_results
+from ..files import atomic_write_json
+
+__all__ = ["add_arguments", "run"]
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The eval subcommand's flags: results mode (--gt/--results) or checkpoint mode (--checkpoint)."""
+    parser.add_argument("--gt", type=Path, help="COCO instances JSON (ground truth) for --results")
+    parser.add_argument(
+        "--results", nargs="+", type=Path,
+        help="COCO results JSON file(s): lists of {image_id, category_id, score, bbox/segmentation}; concatenated",
+    )
+    parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=None,
+                        help="what to score (default: bbox; with --checkpoint, what the model predicts)")
+    parser.add_argument("--out", type=Path, help="write the metrics JSON here")
+    parser.add_argument("--backend", choices=BACKENDS, default="pycocotools",
+                        help="evaluation library (default: pycocotools)")
+    parser.add_argument("--plots", type=Path, help="write precision-recall PNGs into this folder")
+    ckpt = parser.add_argument_group("checkpoint mode: run a trained detector over a split, then score it")
+    ckpt.add_argument("--checkpoint", type=Path, help="a checkpoint written by resnet-fpn train")
+    ckpt.add_argument("--data-root", type=Path, help="its val split is evaluated (same layouts as training)")
+    ckpt.add_argument("--ann", type=Path, help="instances JSON of the split (overrides --data-root)")
+    ckpt.add_argument("--images", type=Path, help="image folder of the split (overrides --data-root)")
+    ckpt.add_argument("--results-out", type=Path, help="write the detector's COCO results JSON here")
+    ckpt.add_argument("--batch-size", type=int, default=2)
+    ckpt.add_argument("--device", default="cpu")
+    ckpt.add_argument("--optimize", action="store_true",
+                      help="run resnet_fpn.optimize_for_inference(detector) (folded BN, channels_last)")
+    ckpt.add_argument("--dtype", choices=DTYPES, default=None,
+                      help="with --optimize: bfloat16 (CPU or CUDA) or float16 (CUDA) autocast")
+
+
+def _write_outputs(args: argparse.Namespace, metrics: Dict[str, Any], precision: Dict[str, Any],
+                   category_names: Sequence[str], iou_types: Sequence[str]) -> None:
+    """Print the table; write ``--plots`` and ``--out``."""
+    print(format_metrics_table(metrics))
+    if args.plots is not None:
+        for iou_type in iou_types:
+            paths = plot_precision_recall(precision[iou_type], args.plots, iou_type=iou_type,
+                                          category_names=category_names)
+            print(f"wrote {', '.join(str(p) for p in paths)}")
+    if args.out is not None:
+        atomic_write_json(args.out, metrics)
+        print(f"wrote {args.out}")
+
+
+def _checkpoint_mode(args: argparse.Namespace) -> None:
+    """Detect on the split, write ``--results-out``, then report as the results mode does."""
+    import torch
+
+    from ..data import resolve_data_paths
+    from ..evaluate import evaluate_checkpoint
+
+    if args.ann is not None and args.images is not None:
+        ann, images = args.ann, args.images
+    else:
+        paths = resolve_data_paths(args.data_root, val_ann=args.ann, val_images=args.images, splits=("val",))
+        ann, images = paths.val_ann, paths.val_images
+    evaluation = evaluate_checkpoint(
+        args.checkpoint, ann_file=ann, images_dir=images, iou_types=args.iou_types, backend=args.backend,
+        batch_size=args.batch_size, device=args.device, optimize=args.optimize,
+        dtype=None if args.dtype is None else getattr(torch, args.dtype),
+    )
+    if args.results_out is not None:
+        atomic_write_json(args.results_out, evaluation.results, indent=None)
+        print(f"wrote {len(evaluation.results)} detections to {args.results_out}")
+    evaluator = evaluation.evaluator
+    _write_outputs(args, evaluation.metrics, evaluator.precision, evaluator.category_names, evaluator.iou_types)
+
+
+def _results_mode(args: argparse.Namespace) -> None:
+    """Score ``--results`` against ``--gt``; print, write ``--out`` and ``--plots``."""
+    iou_types = args.iou_types or ["bbox"]
+    result = score_results(args.gt, list(args.results), iou_types=iou_types, backend=args.backend)
+    _write_outputs(args, result.metrics, result.precision, result.category_names, iou_types)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the combination of flags, then run the mode they select; 0 on success."""
+    parser = args.parser
+    if (args.checkpoint is None) == (args.results is None):
+        parser.error("give either --gt with --results (score results files) or --checkpoint (run a detector)")
+    if args.results is not None and args.gt is None:
+        parser.error("--results needs --gt")
+    if args.dtype is not None and not args.optimize:
+        parser.error("--dtype needs --optimize")
+    if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
+        parser.error("--checkpoint needs --data-root, or both --ann and --images")
+    if args.checkpoint is not None:
+        _checkpoint_mode(args)
+    else:
+        _results_mode(args)
+    return 0

@@ -1,0 +1,84 @@
+"""Train a detector with a ResNet-FPN backbone on COCO-format data, then evaluate it on the val split.
+
+    resnet-fpn train --config configs/demo_cpu.yaml
+    resnet-fpn train --config configs/faster_rcnn_R50_FPN_1x.yaml --data-root /data/coco --devices 8
+    resnet-fpn train --backbone resnet18-fpn --data-root ../shared/data/coco128 --max-steps 200
+
+Flags override the YAML recipe. Writes OUTPUT_DIR/metrics.json, OUTPUT_DIR/checkpoints/ (last.ckpt,
+best.ckpt), pictures of predictions and the AP-vs-time curve. `--resume` continues from last.ckpt.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Union
+
+from ..detectors import list_detectors
+
+__all__ = ["add_arguments", "run"]
+
+# Flag dest -> the config key it overrides (the YAML recipe's nesting, see resnet_fpn.training.config).
+OVERRIDES = {
+    "model": "model.model", "backbone": "model.backbone", "weights": "model.weights",
+    "backbone_weights": "model.backbone_weights", "data_root": "data.root", "train_ann": "data.train_ann",
+    "train_images": "data.train_images", "val_ann": "data.val_ann", "val_images": "data.val_images",
+    "output_dir": "output_dir", "max_steps": "trainer.max_steps", "max_epochs": "trainer.max_epochs",
+    "val_every": "trainer.val_every_n_steps", "checkpoint_every": "trainer.checkpoint_every_n_steps",
+    "batch_size": "data.batch_size", "lr": "optim.lr", "devices": "trainer.devices",
+    "accelerator": "trainer.accelerator", "strategy": "trainer.strategy", "num_nodes": "trainer.num_nodes",
+    "precision": "trainer.precision", "channels_last": "trainer.channels_last", "seed": "trainer.seed",
+    "num_workers": "data.num_workers",
+}
+
+
+def devices(value: str) -> Union[str, int, List[int]]:
+    """``--devices 8``, ``--devices auto``, ``--devices 0,1`` (Lightning's forms)."""
+    if value == "auto":
+        return value
+    try:
+        if "," in value:
+            return [int(v) for v in value.split(",") if v]
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count, 'auto' or a list like 0,1; got {value!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The train subcommand's flags (each overrides one key of the YAML recipe)."""
+    p.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
+    p.add_argument("--model", choices=list_detectors())
+    p.add_argument("--backbone", help="e.g. resnet50-fpn, resnext101_32x8d-fpn, timm:convnext_tiny-fpn")
+    p.add_argument("--weights", help="a whole detector checkpoint to start from (path or URL)")
+    p.add_argument("--backbone-weights", help="ImageNet (or detection) weights for the backbone (path or URL)")
+    p.add_argument("--data-root", help="annotations/instances_{train,val}.json + images/, or COCO 2017's layout")
+    p.add_argument("--train-ann")
+    p.add_argument("--train-images")
+    p.add_argument("--val-ann")
+    p.add_argument("--val-images")
+    p.add_argument("--output-dir")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--val-every", type=int, help="validate every N training steps")
+    p.add_argument("--checkpoint-every", type=int, help="write last.ckpt every N training steps")
+    p.add_argument("--batch-size", type=int, help="images per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--devices", type=devices)
+    p.add_argument("--accelerator", help="cpu, gpu, auto")
+    p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
+    p.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="train with NHWC (channels_last) convolutions: faster with oneDNN and cuDNN tensor cores")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from OUTPUT_DIR/checkpoints/last.ckpt, or from the checkpoint given")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the recipe with the flags over it, train, evaluate; 0 on success."""
+    from ..training import load_config, train  # Lightning is imported only by the commands that need it
+
+    overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items()}
+    train(load_config(args.config, overrides=overrides), resume=args.resume)
+    return 0
