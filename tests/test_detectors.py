@@ -1,0 +1,98 @@
+"""Detectors read the backbone contract: pyramids are declared, not guessed from a name suffix."""
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+
+import resnet_fpn
+from resnet_fpn.backbone import Backbone, FPNBackbone, ResNetFeatures, ShapeSpec, is_pyramid
+from resnet_fpn.detectors import DETECTORS, build_detector, iou_types_of, list_detectors
+from resnet_fpn.models import get_variant
+
+
+def test_a_body_without_pyramid_is_refused_with_what_it_declares():
+    with pytest.raises(ValueError, match=r"detectors need a feature pyramid .* backbone 'resnet18' declares "
+                                         r"c2: 64 ch / stride 4, .* c5: 512 ch / stride 32; use 'resnet18-fpn'"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3)
+
+
+def test_a_name_missing_its_dash_suggests_the_real_one():
+    # Was: "detectors need a backbone with FPN, e.g. 'resnet50fpn-fpn'".
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet50fpn'\. Did you mean 'resnet50-fpn'"):
+        build_detector("faster_rcnn", backbone="resnet50fpn", num_classes=3)
+
+
+def test_any_registered_pyramid_builds_a_detector_whatever_its_name():
+    name = "tiny-pyramid-no-suffix"
+
+    @resnet_fpn.register_backbone(name)
+    def tiny(*, weights, norm, freeze_at, out_features, top_block, fpn_channels):
+        body = ResNetFeatures(get_variant("resnet18"), out_features=out_features, norm=norm, freeze_at=freeze_at)
+        return FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels)
+
+    model = build_detector("faster_rcnn", backbone=name, num_classes=3, min_size=64, max_size=64).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+
+
+def test_specs_say_top_block_and_iou_types():
+    assert list_detectors() == ["faster_rcnn", "mask_rcnn", "retinanet", "fcos"]
+    assert iou_types_of("mask_rcnn") == ("bbox", "segm") and iou_types_of("fcos") == ("bbox",)
+    assert {n: s.top_block for n, s in DETECTORS.items()} == {
+        "faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7"}
+    with pytest.raises(ValueError, match=r"unknown detector 'mask_rnn'\. Did you mean 'mask_rcnn'"):
+        iou_types_of("mask_rnn")
+
+
+def test_backbone_contract_declares_and_sets_out_channels():
+    body = resnet_fpn.build_backbone("resnet18")
+    assert isinstance(body, Backbone) and body.feature_names == ["c2", "c3", "c4", "c5"]
+    assert not hasattr(body, "out_channels") and not is_pyramid(body)
+    single = ResNetFeatures(get_variant("resnet18"), out_features=["c4"])
+    assert single.out_channels == 256 and single.output_shape() == {"c4": ShapeSpec(256, 16)}
+    fpn = resnet_fpn.build_backbone("resnet18-fpn", fpn_channels=64)
+    assert is_pyramid(fpn) and fpn.out_channels == 64 and fpn.feature_names == ["0", "1", "2", "3", "pool"]
+    assert not is_pyramid(nn.Conv2d(3, 3, 1))
+
+
+class _P6Only(ExtraFPNBlock):
+    """A user top block: one extra level by a stride-2 max pool, named p6."""
+
+    names = ("p6",)
+
+    def forward(self, results, x, names):
+        results.append(nn.functional.max_pool2d(results[-1], 1, 2))
+        return results, names + ["p6"]
+
+
+def test_a_top_block_module_declares_its_levels():
+    body = ResNetFeatures(get_variant("resnet18"), out_features=["c3", "c4", "c5"])
+    fpn = FPNBackbone(body, top_block=_P6Only(), fpn_channels=32).eval()
+    assert fpn.output_shape() == OrderedDict(
+        [("0", ShapeSpec(32, 8)), ("1", ShapeSpec(32, 16)), ("2", ShapeSpec(32, 32)), ("p6", ShapeSpec(32, 64))])
+    with torch.no_grad():
+        out = fpn(torch.rand(1, 3, 64, 96))
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {"0": (8, 12), "1": (4, 6), "2": (2, 3), "p6": (1, 2)}
+    with pytest.raises(TypeError, match=r"top_block must be a name of \['maxpool', 'p6p7'\] or an ExtraFPNBlock"):
+        FPNBackbone(body, top_block=nn.Identity())
+    with pytest.raises(TypeError, match=r"must declare its outputs with output_shape\(\)"):
+        FPNBackbone(nn.Conv2d(3, 8, 3))
+
+
+def test_auto_rule_is_one_function():
+    from resnet_fpn.backbone import resolve_norm_and_freeze
+
+    assert resolve_norm_and_freeze("auto", None, pretrained=True) == ("frozen_bn", 2)
+    assert resolve_norm_and_freeze("auto", None, pretrained=False) == ("bn", 0)
+    assert resolve_norm_and_freeze("gn", 3, pretrained=True) == ("gn", 3)
+    with pytest.raises(ValueError, match=r"norm must be one of .* got 'batchnorm'"):
+        resolve_norm_and_freeze("batchnorm", None, pretrained=False)
+    # build_detector with a whole-detector checkpoint applies the same rule as with backbone weights.
+    detector = build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=3,
+                              weights=build_detector("faster_rcnn", backbone="resnet18-fpn",
+                                                     num_classes=3).state_dict())
+    assert detector.backbone.body.freeze_at == 2
+    assert not any(p.requires_grad for p in detector.backbone.body.layer1.parameters())
