@@ -1,9 +1,10 @@
-"""ONNX / TorchScript export of backbones and detectors, with parity against eager (resnet_fpn.deploy.export)."""
+"""ONNX / TorchScript export of backbones and detectors (resnet_fpn.deploy.export), with parity against eager
+(resnet_fpn.deploy.parity)."""
 import copy
-import importlib.util
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +16,33 @@ from resnet_fpn.backbone import build_backbone
 from resnet_fpn import Category
 from resnet_fpn.checkpoint import save_detector_checkpoint
 from resnet_fpn.deploy.export import (
-    DEFAULT_TOLERANCES,
     ExportedModel,
-    _detection_diffs,
     check_format,
-    check_parity,
     export_model,
     export_onnx,
     export_torchscript,
-    parity_inputs,
     require_onnx,
+)
+from resnet_fpn.deploy.parity import (
+    DEFAULT_TOLERANCES,
+    IMAGENET_MEAN_STD,
+    _detection_diffs,
+    check_parity,
+    input_normalization,
+    parity_inputs,
 )
 from resnet_fpn.detectors import build_detector
 from resnet_fpn.predictor import to_float_image
 
-REPO = Path(__file__).resolve().parents[1]
 FPN_OUTPUTS = ["feat_0", "feat_1", "feat_2", "feat_3", "feat_pool"]
 SIZES = ["320x480", "384x256"]
 
 
-def _export_tool():
-    spec = importlib.util.spec_from_file_location("tool_export", REPO / "tools" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _export_cli(argv):
+    """``resnet-fpn export ARGV`` (what tools/export.py runs): the exit status."""
+    from resnet_fpn.cli import main
+
+    return main(["export", *argv])
 
 
 def _imagenet_weights(path: Path, arch: str) -> Path:
@@ -89,9 +93,7 @@ def test_unknown_format_is_refused(tmp_path, capsys):
         check_format("tflite")
     with pytest.raises(ValueError, match=r"unknown export format 'tflite'"):
         export_model(torch.nn.Identity(), tmp_path / "m", format="tflite")
-    with pytest.raises(SystemExit) as exit_info:
-        _export_tool().main(["--backbone", "resnet18-fpn", "--format", "tflite", "--out", str(tmp_path / "m")])
-    assert exit_info.value.code == 2
+    assert _export_cli(["--backbone", "resnet18-fpn", "--format", "tflite", "--out", str(tmp_path / "m")]) == 2
     assert "unknown export format 'tflite'" in capsys.readouterr().err
 
 
@@ -99,17 +101,14 @@ def test_missing_onnx_packages_name_the_install_command(monkeypatch, tmp_path, c
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(ImportError, match=r"onnxruntime package.*pip install 'resnet_fpn\[export\]'"):
         require_onnx()
-    with pytest.raises(SystemExit) as exit_info:
-        _export_tool().main(["--backbone", "resnet18-fpn", "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
-    assert exit_info.value.code == 2
+    assert _export_cli(["--backbone", "resnet18-fpn", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pip install onnx onnxruntime" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_named(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _export_tool().main(["--checkpoint", str(tmp_path / "gone.ckpt"), "--format", "torchscript",
-                             "--out", str(tmp_path / "m.pt")])
-    assert exit_info.value.code == 2
+    status = _export_cli(["--checkpoint", str(tmp_path / "gone.ckpt"), "--format", "torchscript",
+                          "--out", str(tmp_path / "m.pt")])
+    assert status == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -127,13 +126,51 @@ def test_bad_export_options(tmp_path):
         check_parity(backbone, exported, inputs=parity_inputs("backbone", sizes=[(64, 64)]), tolerance=0)
 
 
+def test_backbone_images_are_normalised_as_the_detector_does():
+    torch.manual_seed(0)
+    detector = build_detector("fcos", backbone="resnet18-fpn", num_classes=3)
+    # Statistics other than ImageNet's (a backbone trained on other data), set where the detector keeps them.
+    detector.transform.image_mean, detector.transform.image_std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]
+    assert input_normalization(detector) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    assert input_normalization(detector.backbone) == IMAGENET_MEAN_STD  # a bare backbone: ImageNet's
+    image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(0))
+    (_, x), = parity_inputs("backbone", images=[image], normalization=input_normalization(detector))
+    # The same tensor the detector's own transform feeds its backbone (before resizing and batching).
+    assert torch.allclose(x[0], detector.transform.normalize(image), rtol=0, atol=1e-6)
+    (_, raw), = parity_inputs("detector", images=[image], normalization=input_normalization(detector))
+    assert torch.equal(raw, image)  # a whole detector normalises its input itself
+    with pytest.raises(ValueError, match=r"normalization must be \(mean, std\) of 3 values each"):
+        parity_inputs("backbone", images=[image], normalization=((0.5,), (0.2,)))
+
+
+class _WarningBackbone(torch.nn.Module):
+    """A conv that warns on every call, as a user's model might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        warnings.warn("a warning of the model itself", UserWarning)
+        return {"0": self.conv(x)}
+
+
+def test_export_lets_other_warnings_through(tmp_path):
+    # Only the exporters' own notices are silenced (by message); a model's warning still reaches the caller.
+    model = _WarningBackbone().eval()
+    with pytest.warns(UserWarning, match="a warning of the model itself"):
+        export_onnx(model, tmp_path / "w.onnx", example_size=(32, 32))
+    with pytest.warns(UserWarning, match="a warning of the model itself"):
+        export_torchscript(model, tmp_path / "w.pt", example_size=(32, 32))
+
+
 # ------------------------------------------------------------------------------------------------ backbone
 def _check_backbone_onnx_cli(tmp_path, arch, weights, extra=()):
     out = tmp_path / f"{arch}.onnx"
     # ImageNet weights leave the FPN at its random init: seeded, so that _ort_vs_independent_eager rebuilds it.
     torch.manual_seed(0)
-    status = _export_tool().main(["--backbone", f"{arch}-fpn", "--weights", str(weights), "--format", "onnx",
-                                  "--out", str(out), "--dynamic", *extra])
+    status = _export_cli(["--backbone", f"{arch}-fpn", "--weights", str(weights), "--format", "onnx",
+                          "--out", str(out), "--dynamic", *extra])
     return status, out
 
 
@@ -225,16 +262,16 @@ def test_parity_check_catches_a_different_model(tmp_path, capsys):
     assert failed == ["feat_0"]
     assert "parity FAILED" in report.lines()[-1]
     # The CLI turns a failed check into exit status 1 (a tolerance below float32 rounding fails any ONNX file).
-    status = _export_tool().main(["--backbone", "resnet18-fpn", "--format", "onnx", "--out", str(tmp_path / "b.onnx"),
-                                  "--dynamic", "--tolerance", "1e-12", "--check-sizes", "128x128"])
+    status = _export_cli(["--backbone", "resnet18-fpn", "--format", "onnx", "--out", str(tmp_path / "b.onnx"),
+                          "--dynamic", "--tolerance", "1e-12", "--check-sizes", "128x128"])
     assert status == 1 and "parity FAILED" in capsys.readouterr().out
 
 
 def test_torchscript_backbone_same_as_eager_on_a_photo(tmp_path, resnet18_weights, small_photo, capsys):
     torch.manual_seed(0)  # the FPN stays at its init with ImageNet weights: the same init for `eager` below
-    status = _export_tool().main(["--backbone", "resnet18-fpn", "--weights", str(resnet18_weights), "--format",
-                                  "torchscript", "--out", str(tmp_path / "bb.pt"), "--check-images",
-                                  str(small_photo)])
+    status = _export_cli(["--backbone", "resnet18-fpn", "--weights", str(resnet18_weights), "--format",
+                          "torchscript", "--out", str(tmp_path / "bb.pt"), "--check-images",
+                          str(small_photo)])
     stdout = capsys.readouterr().out
     assert status == 0, stdout
     assert "tolerance 1e-05" in stdout and len(_parity_lines(stdout)) == len(FPN_OUTPUTS)
@@ -299,8 +336,8 @@ def test_faster_rcnn_onnx_from_checkpoint_on_photos(tmp_path, faster_rcnn, share
     second = shared_data / "coco128" / "images" / "000000000025.jpg"
     if not second.is_file():
         second = photo.parent / "0.jpg"
-    status = _export_tool().main(["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "det.onnx"),
-                                  "--dynamic", "--check-images", str(photo), str(second)])
+    status = _export_cli(["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "det.onnx"),
+                          "--dynamic", "--check-images", str(photo), str(second)])
     stdout = capsys.readouterr().out
     print(stdout)
     assert status == 0, stdout

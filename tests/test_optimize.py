@@ -74,16 +74,47 @@ def test_fold_batchnorm_skips_norm_subclasses_with_other_maths():
         assert torch.allclose(model(x), expected, atol=1e-5)
 
 
-def test_fused_graph_runs_only_without_grad(image_batch):
+def test_fold_uses_torchs_arithmetic():
+    # One conv -> BN pair folded is torch.nn.utils.fusion.fuse_conv_bn_eval's conv, bit for bit.
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)).eval()
+    with torch.no_grad():
+        randomize_norm_statistics(model)
+    expected = fuse_conv_bn_eval(model[0], model[1])
+    assert fold_batchnorm(model) == 1 and isinstance(model[1], nn.Identity)
+    assert torch.equal(model[0].weight, expected.weight) and torch.equal(model[0].bias, expected.bias)
+
+
+def test_plain_copy_is_still_the_wrapper(image_batch):
+    # One return type whatever the options: without channels_last or a dtype the wrapper only passes through.
     backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
-    fast = optimize_for_inference(backbone)
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this PyTorch build has no oneDNN")
-    assert fast.fused  # conv+ReLU and conv+add+ReLU as oneDNN ops on CPU
-    x = image_batch.clone().requires_grad_(True)
-    out = fast(x)  # an input that needs grad runs the unfused (differentiable) module
-    sum(v.sum() for v in out.values()).backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    plain = optimize_for_inference(backbone, channels_last=False)
+    assert isinstance(plain, InferenceWrapper) and not plain.channels_last and plain.dtype is None
+    assert norms_after_convs(plain.module) == []
+    with torch.inference_mode():
+        reference, out = backbone(image_batch), plain(image_batch)
+    assert list(out) == list(reference) and all(v.is_contiguous() for v in out.values())
+    assert max_relative_difference(out, reference) <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_copy_is_the_wrapper_and_runs_the_compiled_graph():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        randomize_norm_statistics(model.eval())
+    fast = optimize_for_inference(model, compile=True)
+    assert isinstance(fast, InferenceWrapper) and fast.compiled and isinstance(fast.module[1], nn.Identity)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        reference, out = model(x), fast(x)
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo captured a graph: the compiled module ran
+    assert torch.allclose(out, reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
 
 
 def test_detector_keeps_its_detections():
@@ -94,7 +125,10 @@ def test_detector_keeps_its_detections():
     randomize_norm_statistics(detector)
     # A fresh detector that never ran forward: tracing must not leave fx proxies in MultiScaleRoIAlign.
     fast = optimize_for_inference(detector)
-    assert type(fast) is type(detector) and norms_after_convs(fast) == []
+    # Called as the detector (a list of images in, a list of dicts out); the options act on its backbone.
+    assert isinstance(fast, InferenceWrapper) and type(fast.module) is type(detector)
+    assert isinstance(fast.backbone, InferenceWrapper) and fast.backbone.channels_last
+    assert fast.transform is fast.module.transform and norms_after_convs(fast) == []
     image = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref, out = detector([image])[0], fast([image])[0]
@@ -126,6 +160,7 @@ def test_bf16_is_close(image_batch):
         ({"dtype": "bf16"}, TypeError, r"dtype must be None or a torch\.dtype, got str 'bf16'"),
         ({"dtype": torch.float16}, ValueError, r"float16 is only supported for models on CUDA.*on cpu"),
         ({"channels_last": "yes"}, TypeError, r"channels_last must be a bool, got str 'yes'"),
+        ({"compile": 1}, TypeError, r"compile must be a bool, got int 1"),
     ],
 )
 def test_bad_options(kwargs, error, match):

@@ -1,13 +1,59 @@
-"""Deployment: inference copies of backbones and detectors (BN folding, channels_last, bf16, compile).
+"""Deployment: inference copies (BN folding, channels_last, bf16, compile), ONNX/TorchScript export, parity.
 
 Public API:
-    optimize_for_inference   a folded, channels_last (optionally bf16 / compiled) copy for inference
-    fold_batchnorm           fold conv -> BN pairs in place (what optimize_for_inference does first)
+    optimize_for_inference   an inference copy (folded BN, channels_last, optional bf16 autocast / compile),
+                             always an InferenceWrapper called as the model was
+    InferenceWrapper         channels_last input, autocast and compile around a backbone or a detector
+    fold_batchnorm           fold conv -> BN pairs in place (torch's fuse_conv_bn_weights on the fx graph)
     norms_after_convs        the norms still directly following a conv (empty after folding)
-    InferenceWrapper         channels_last input conversion and autocast around a module
+    model_device             the device of a module's first tensor
+    export_model             ONNX or TorchScript file of a backbone or a whole detector (export_onnx,
+                             export_torchscript), described by an ExportedModel
+    check_parity             run the file and the eager model on the same inputs (parity_inputs); a ParityReport
 
-Speed measurements against torchvision live in ``resnet_fpn.deploy.benchmark`` (CLI: tools/benchmark.py).
+Modules: ``optimize`` (inference copies), ``export`` (writing files), ``parity`` (checking them).
 """
-from .optimize import InferenceWrapper, fold_batchnorm, norms_after_convs, optimize_for_inference
+from .export import (
+    DEFAULT_OPSET,
+    FORMATS,
+    INSTALL_HINT,
+    MIN_OPSET,
+    ExportedModel,
+    check_format,
+    check_size,
+    export_model,
+    export_onnx,
+    export_torchscript,
+    require_onnx,
+)
+from .optimize import (
+    FOLDABLE_NORMS,
+    LOWER_PRECISION_DTYPES,
+    InferenceWrapper,
+    fold_batchnorm,
+    model_device,
+    norms_after_convs,
+    optimize_for_inference,
+)
+from .parity import (
+    DEFAULT_TOLERANCES,
+    IMAGENET_MEAN_STD,
+    OutputDiff,
+    ParityCase,
+    ParityReport,
+    check_parity,
+    input_normalization,
+    parity_inputs,
+)
 
-__all__ = ["optimize_for_inference", "fold_batchnorm", "norms_after_convs", "InferenceWrapper"]
+__all__ = [
+    # optimize
+    "optimize_for_inference", "InferenceWrapper", "fold_batchnorm", "norms_after_convs", "model_device",
+    "FOLDABLE_NORMS", "LOWER_PRECISION_DTYPES",
+    # export
+    "export_model", "export_onnx", "export_torchscript", "ExportedModel", "check_format", "check_size",
+    "require_onnx", "FORMATS", "INSTALL_HINT", "DEFAULT_OPSET", "MIN_OPSET",
+    # parity
+    "check_parity", "parity_inputs", "input_normalization", "ParityReport", "ParityCase", "OutputDiff",
+    "DEFAULT_TOLERANCES", "IMAGENET_MEAN_STD",
+]
