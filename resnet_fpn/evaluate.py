@@ -60,8 +60,8 @@ def evaluate_checkpoint(
         iou_types: default ``bbox`` (and ``segm`` for Mask R-CNN).
         backend: "pycocotools" or "faster_coco_eval".
         batch_size, device, num_workers: inference settings.
-        optimize: run ``optimize_for_inference(detector, dtype=dtype)`` (folded BN, channels_last, fused
-            convs; ``dtype`` bf16/fp16 under autocast), to measure what it costs in AP.
+        optimize: run ``optimize_for_inference(detector, dtype=dtype)`` (folded BN, channels_last;
+            ``dtype`` bf16/fp16 under autocast), to measure what it costs in AP.
         dtype: the optimised detector's dtype (None: float32); needs ``optimize``.
 
     Returns:

@@ -172,7 +172,7 @@ def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
     rescored = evaluate_results(data_root / "annotations" / "instances_val.json", out / "r.json", iou_types=["bbox"])
     assert rescored["bbox"] == metrics["bbox"]
     assert (out / "pr_bbox_iou50.png").is_file()
-    # The inference-optimised detector (folded BN, channels_last, fused convs) detects the same boxes.
+    # The inference-optimised detector (folded BN, channels_last) detects the same boxes.
     ann, images = data_root / "annotations" / "instances_val.json", data_root / "images"
     fast = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=ann, images_dir=images, optimize=True)
     assert len(fast.results) == len(json.loads((out / "r.json").read_text()))
