@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Sequence, Union
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..models.resnet import ResNet, ResNetOptions
 from ..models.variants import ResNetVariant

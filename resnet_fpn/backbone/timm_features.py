@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 from torch import Tensor, nn
 

@@ -5,7 +5,6 @@ import statistics
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
-import torch
 from torch.profiler import profile
 
 from ..detectors import iou_types_of
