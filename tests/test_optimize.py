@@ -4,9 +4,10 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from benchmarks.agreement import max_relative_difference
+from benchmarks.models import randomize_norm_statistics
 from resnet_fpn import build_backbone, build_detector, optimize_for_inference
 from resnet_fpn.deploy import InferenceWrapper, fold_batchnorm, norms_after_convs
-from resnet_fpn.deploy.benchmark import max_relative_difference, randomize_norm_statistics
 from resnet_fpn.deploy.optimize import _cpu_has_native_bf16
 
 

@@ -7,9 +7,7 @@ Public API:
     format_metrics_table     the 12 stats and per-category AP as text
     plot_precision_recall    precision-recall PNGs (IoU 0.50 and 0.50:0.95)
     precision_recall_curves  the mean curves those plots draw
-    benchmark_backends       time pycocotools against faster-coco-eval
 """
-from .benchmark import benchmark_backends, format_benchmark_table
 from .coco import BACKENDS, IOU_TYPES, STAT_NAMES, COCOEvalResult, COCOEvaluator, evaluate_results, score_results
 from .report import format_metrics_table, plot_precision_recall, precision_recall_curves
 
@@ -24,6 +22,4 @@ __all__ = [
     "format_metrics_table",
     "plot_precision_recall",
     "precision_recall_curves",
-    "benchmark_backends",
-    "format_benchmark_table",
 ]
