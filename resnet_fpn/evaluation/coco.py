@@ -108,11 +108,6 @@ class _Backend:
                 ) from exc
             self._coco_cls, self._eval_cls = faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
 
-    def coco_from_file(self, path: PathLike) -> Any:
-        """The library's own loading of an annotation file (what the benchmark times)."""
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return self._coco_cls(str(path))
-
     def coco_from_dataset(self, dataset: Dict[str, Any]) -> Any:
         coco = self._coco_cls()
         coco.dataset = dataset
@@ -619,14 +614,3 @@ class COCOEvaluator:
         if status == "error":
             raise RuntimeError(f"COCO evaluation failed on rank 0: {value}")
         return value
-
-
-# The names benchmark.py imports (it is moving out of this package; its new home should use
-# coco_format.load_results / check_results directly).
-_load_results_files = load_results
-
-
-def _check_results(
-    entries: Sequence[Any], gt: CocoAnnotations, iou_types: Sequence[str], sources: ResultSources
-) -> None:
-    check_results(entries, gt, iou_types=iou_types, sources=sources)
