@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 from ..detectors import list_detectors
+from .args import image_size
 
 __all__ = ["add_arguments", "run", "time_inference"]
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 800x1216, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 32x32, got {text!r}")
-    return h, w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="a backbone name (e.g. resnet50-fpn); alone: time the backbone")
     p.add_argument("--model", choices=list_detectors(), help="time this detector on --backbone instead")
     p.add_argument("--num-classes", type=int, default=91, help="detector classes incl. background (default 91)")
-    p.add_argument("--size", type=_size, default=(800, 1216), help="HxW of the input (default 800x1216)")
+    p.add_argument("--size", type=image_size, default=(800, 1216), help="HxW of the input (default 800x1216)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="the optimized copy's dtype")
     p.add_argument("--compile", action="store_true", help="also time optimize_for_inference(..., compile=True)")

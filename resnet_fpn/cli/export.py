@@ -14,36 +14,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Tuple
-
 from ..backbone import build_backbone
 from ..checkpoint import detector_from_checkpoint
 from ..deploy import DEFAULT_OPSET, check_format, check_parity, export_model, input_normalization, parity_inputs
 from ..detectors import is_detector
 from ..predictor import to_float_image
+from .args import image_size
 
 __all__ = ["add_arguments", "run"]
-
-
-def size(text: str) -> Tuple[int, int]:
-    """Parse ``HxW`` (e.g. ``320x480``).
-
-    Args:
-        text: the argument.
-
-    Returns:
-        (height, width).
-
-    Raises:
-        argparse.ArgumentTypeError: not two positive integers joined by ``x``.
-    """
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 320x480, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 32x32, got {text!r}")
-    return h, w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "always accepts any size")
     p.add_argument("--optimize", action="store_true",
                    help="fold frozen BN into the convolutions first (optimize_for_inference)")
-    p.add_argument("--check-sizes", nargs="+", type=size, default=[(320, 480), (384, 256)],
+    p.add_argument("--check-sizes", nargs="+", type=image_size, default=[(320, 480), (384, 256)],
                    help="HxW of the random parity inputs (default 320x480 384x256)")
     p.add_argument("--check-images", nargs="+", type=Path,
                    help="image files to check parity on instead of random inputs")
