@@ -8,7 +8,10 @@ file (with errors naming the file and the entry) are written once. It imports no
 - :class:`CocoAnnotations`: a validated, indexed instances data set (images by id, categories and their
   contiguous labels, annotations per image); the data set and the evaluator both build on it.
 - :func:`image_ids_by_file_name`: ``file_name`` -> image id of a COCO JSON (for inference outputs).
-- :func:`load_results` / :func:`check_results`: COCO results files and their checks against the ground truth.
+- :func:`category_names_by_id`: category id -> name of a COCO JSON (to check a detector's categories).
+- :func:`load_results` / :func:`check_results`: COCO results files and their checks against the ground truth
+  (ids, fields, and the optional ``file_name`` / ``category_name`` of each entry).
+- :func:`same_file_name`: whether a results entry's ``file_name`` names a ground-truth image's file.
 """
 from __future__ import annotations
 
@@ -31,13 +34,16 @@ __all__ = [
     "MASK_THRESHOLD",
     "ResultSources",
     "check_instances_json",
+    "category_names_by_id",
     "check_results",
     "encode_masks",
     "image_ids_by_file_name",
+    "join_some",
     "list_some",
     "load_coco_json",
     "load_json",
     "load_results",
+    "same_file_name",
     "xyxy_to_xywh",
 ]
 
@@ -313,6 +319,9 @@ class CocoAnnotations:
         annotations: every annotation (crowd included), in file order, ``area``/``iscrowd`` filled in.
         annotations_by_image: image id -> its annotations, in file order (an empty list when none).
         unsegmented_ids: ids of the non-crowd annotations without a decodable segmentation.
+        degenerate_box_ids: ids of the non-crowd annotations whose ``bbox`` has a width or height <= 0, in
+            file order. Such a box overlaps nothing (IoU 0 with every detection), so COCOeval counts it as a
+            miss; the training data set drops it. Crowd regions are left out: COCOeval never counts them.
     """
 
     def __init__(self, data: Mapping[str, Any], *, source: str) -> None:
@@ -344,12 +353,15 @@ class CocoAnnotations:
         self.annotations: List[Dict[str, Any]] = []
         self.annotations_by_image: Dict[int, List[Dict[str, Any]]] = {image_id: [] for image_id in self.images}
         self.unsegmented_ids: List[Any] = []
+        self.degenerate_box_ids: List[Any] = []
         for index, entry in enumerate(data["annotations"]):
             ann = _check_annotation(index, entry, self.images, known_categories, source)
             self.annotations.append(ann)
             self.annotations_by_image[ann["image_id"]].append(ann)
             if not ann["iscrowd"] and not _segmentation_present(ann.get("segmentation")):
                 self.unsegmented_ids.append(ann["id"])
+            if not ann["iscrowd"] and (ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0):
+                self.degenerate_box_ids.append(ann["id"])
 
     @classmethod
     def from_file(cls, path: PathLike, *, kind: str = "annotation file") -> "CocoAnnotations":
@@ -373,6 +385,11 @@ class CocoAnnotations:
             f"{type(self).__name__}(source={self.source!r}, images={len(self.images)}, "
             f"annotations={len(self.annotations)}, categories={len(self.category_ids)})"
         )
+
+    @property
+    def category_name_of(self) -> Dict[int, str]:
+        """Category id -> name, sorted by id."""
+        return dict(zip(self.category_ids, self.category_names))
 
     @property
     def categories(self) -> List[Category]:
@@ -426,6 +443,62 @@ def image_ids_by_file_name(path: PathLike) -> Dict[str, int]:
             )
         ids[file_name] = image_id
     return ids
+
+
+def category_names_by_id(path: PathLike) -> Optional[Dict[int, str]]:
+    """Read the ``categories`` of a COCO JSON: category id -> name (e.g. to check a detector against it).
+
+    Only ``images`` is required at the top level (as :func:`image_ids_by_file_name`), so an image-info file
+    without ``categories`` gives None rather than an error.
+
+    Args:
+        path: the COCO JSON file.
+
+    Returns:
+        id -> name sorted by id, or None when the file has no ``categories`` key.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON (file, line, column); no ``images`` list; a ``categories`` that is not a list, is
+            empty, or has an entry without an integer ``id`` and a ``name``, or a repeated id.
+    """
+    source = str(path)
+    data = load_coco_json(path, required=("images",))
+    if "categories" not in data:
+        return None
+    check_instances_json(data, source=source, required=("images", "categories"))
+    names = _index_categories(data["categories"], source)
+    return {cat_id: names[cat_id] for cat_id in sorted(names)}
+
+
+def same_file_name(result_name: str, gt_name: str) -> bool:
+    """Whether a results entry's ``file_name`` names the ground-truth image whose ``file_name`` is `gt_name`.
+
+    Equal after turning ``\\`` into ``/``, or one ends with ``/`` + the other: a bare name (what ``resnet-fpn
+    infer`` sees on disk) matches a ground-truth name with folders (``val2017/0001.jpg``) and the reverse, but
+    ``a/0001.jpg`` does not match ``b/0001.jpg`` and ``10001.jpg`` does not match ``0001.jpg``. Case counts.
+
+    Args:
+        result_name: the ``file_name`` of a results entry.
+        gt_name: the ``file_name`` of the ground-truth image of the same id.
+
+    Returns:
+        True when they name the same file.
+
+    Example:
+        >>> same_file_name("0001.jpg", "val2017/0001.jpg"), same_file_name("10001.jpg", "0001.jpg")
+        (True, False)
+    """
+    a, b = (_normal_file_name(n) for n in (result_name, gt_name))
+    short, long = sorted((a, b), key=len)
+    return a == b or (bool(short) and long.endswith("/" + short))
+
+
+def _normal_file_name(name: str) -> str:
+    name = str(name).replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +566,9 @@ def _result_problem(entry: Any, iou_types: Sequence[str], gt: CocoAnnotations) -
         return f"has category_id {entry.get('category_id')!r}, expected an integer"
     if not _is_real(entry.get("score")):
         return f"has score {entry.get('score')!r}, expected a finite number"
+    for key in ("file_name", "category_name"):
+        if key in entry and not isinstance(entry[key], str):
+            return f"has {key} {entry[key]!r}, expected a string (or no {key!r} at all)"
     if "bbox" in iou_types:
         if "bbox" not in entry:
             return "has no 'bbox', which bbox evaluation needs"
@@ -522,9 +598,17 @@ def check_results(
         iou_types: ``"bbox"`` and/or ``"segm"``: which fields every entry needs.
         sources: from :func:`load_results`, so messages name the file and the index inside it.
 
+    Entries may carry two optional keys that ``resnet-fpn infer`` writes (pycocotools ignores them): a
+    ``file_name``, checked with :func:`same_file_name` against the ``file_name`` of the ground-truth image of
+    that id, and a ``category_name``, compared exactly (case and spaces count) with the ground truth's name
+    for that ``category_id``. A mismatch means the ids belong to another file: scoring would compare one
+    image, or one class, with another.
+
     Raises:
         ValueError: the first malformed entry (named by its index, and file); then image or category ids
-            absent from ``gt`` (the first few and their count).
+            absent from ``gt`` (the first few and their count); then image ids whose results name another
+            file than the ground truth (``id: 'results name' vs 'ground-truth name'``, the first few and their
+            count); then category ids whose results name another category.
     """
     for i, entry in enumerate(entries):
         problem = _result_problem(entry, iou_types, gt)
@@ -539,3 +623,49 @@ def check_results(
             f"results refer to category ids not in the ground truth ({gt.source}): {list_some(bad_cats)}; "
             f"its category ids are {list_some(gt.category_ids)} (map training labels with label_to_category_id)"
         )
+    _check_names(entries, gt)
+
+
+def _check_names(entries: Sequence[Any], gt: CocoAnnotations) -> None:
+    """The ``file_name`` / ``category_name`` checks of :func:`check_results` (ids already known to be in gt)."""
+    files: Dict[int, str] = {}  # image id -> the first file name the results give it that gt contradicts
+    names: Dict[int, str] = {}
+    gt_names = gt.category_name_of
+    for entry in entries:
+        image_id, category_id = entry["image_id"], entry["category_id"]
+        file_name = entry.get("file_name")
+        if file_name is not None and image_id not in files:
+            if not same_file_name(file_name, str(gt.images[image_id]["file_name"])):
+                files[image_id] = file_name
+        name = entry.get("category_name")
+        if name is not None and category_id not in names and name != gt_names[category_id]:
+            names[category_id] = name
+    if files:
+        pairs = [f"{i}: {files[i]!r} vs {str(gt.images[i]['file_name'])!r}" for i in sorted(files)]
+        raise ValueError(
+            f"results name other files than the ground truth {gt.source} for the same image ids "
+            f"(id: results vs ground truth): {join_some(pairs)}; they were made for another image list "
+            "(resnet-fpn infer without --ann numbers images 1..N in file order: run it with --ann set to the "
+            "ground truth that lists those images)"
+        )
+    if names:
+        pairs = [f"{c}: {names[c]!r} vs {gt_names[c]!r}" for c in sorted(names)]
+        raise ValueError(
+            f"results name other categories than the ground truth {gt.source} for the same category ids "
+            f"(id: results vs ground truth): {join_some(pairs)}; the detector was trained on another "
+            f"category table (resnet-fpn infer --ann FILE --map-categories name maps its labels by name)"
+        )
+
+
+def join_some(items: Sequence[str], *, limit: int = 5) -> str:
+    """Join the first ``limit`` preformatted items with ``"; "`` and add the count, like :func:`list_some`.
+
+    Args:
+        items: the offending pairs, already formatted (``"1: 'a' vs 'b'"``).
+        limit: how many to show.
+
+    Returns:
+        e.g. ``"a; b; c; d; e; ... (7 in all)"``.
+    """
+    more = f"; ... ({len(items)} in all)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more

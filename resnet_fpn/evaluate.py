@@ -6,6 +6,7 @@ An application of the layers below it: the checkpoint (detectors), the data set 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from .checkpoint import detector_from_checkpoint
 from .data import CocoDetection, collate_fn
 from .deploy import optimize_for_inference
-from .evaluation import COCOEvaluator
+from .evaluation import CATEGORY_MATCHING, COCOEvaluator, match_categories
 
 __all__ = ["CheckpointEvaluation", "evaluate_checkpoint"]
 
@@ -51,6 +52,7 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     optimize: bool = False,
     dtype: Optional[torch.dtype] = None,
+    map_categories: str = "id",
 ) -> CheckpointEvaluation:
     """Run a checkpoint's detector over every image of a split and score it with COCO mAP.
 
@@ -63,32 +65,60 @@ def evaluate_checkpoint(
         optimize: run ``optimize_for_inference(detector, dtype=dtype)`` (folded BN, channels_last;
             ``dtype`` bf16/fp16 under autocast), to measure what it costs in AP.
         dtype: the optimised detector's dtype (None: float32); needs ``optimize``.
+        map_categories: how the checkpoint's categories meet `ann_file`'s (``resnet_fpn.evaluation.
+            match_categories``): ``"id"`` (default) scores each label as its category id and requires the same
+            name for that id in both; ``"name"`` scores each label as the `ann_file` category of its name (the
+            same classes numbered differently). Names are compared exactly (case and spaces count).
 
     Returns:
         A `CheckpointEvaluation` (metrics, results list, evaluator).
 
+    Warns:
+        UserWarning: `ann_file` has annotations of categories the checkpoint does not predict (named): they
+            score AP 0 and lower the mean AP.
+
     Raises:
-        ValueError: the checkpoint's categories are not those of `ann_file` (the ids are named), or a
-            `dtype` without `optimize`.
+        ValueError: the checkpoint's categories do not match `ann_file`'s: with ``"id"``, category ids it
+            lacks, or ids whose names differ (every ``id: 'checkpoint name' vs 'ground-truth name'`` pair);
+            with ``"name"``, checkpoint names it lacks. Also an unknown `map_categories`, or a `dtype` without
+            `optimize`.
     """
     if dtype is not None and not optimize:
         raise ValueError(f"dtype={dtype} needs optimize=True (the dtype is applied by optimize_for_inference)")
+    if map_categories not in CATEGORY_MATCHING:
+        raise ValueError(f"map_categories must be one of {CATEGORY_MATCHING}, got {map_categories!r}")
     loaded = detector_from_checkpoint(checkpoint)
     categories = loaded.categories
+    dataset = CocoDetection(images_dir, ann_file, with_masks=False)
+    # Before any image is run: a detector of other classes must not be scored as these (COCOeval sees ids only).
+    label_to_category_id = match_categories(categories, dataset.annotations, by=map_categories,
+                                            source=f"checkpoint {checkpoint}", gt_source=str(ann_file))
+    _warn_unpredicted(dataset.annotations, set(label_to_category_id.values()), checkpoint)
     detector = loaded.detector.to(device).eval()
     if optimize:
         detector = optimize_for_inference(detector, dtype=dtype)
-    dataset = CocoDetection(images_dir, ann_file, with_masks=False)
-    missing = sorted({c.id for c in categories} - set(dataset.category_ids))
-    if missing:
-        raise ValueError(f"{checkpoint} predicts category ids {missing[:10]} that {ann_file} does not define")
     if iou_types is None:
         iou_types = loaded.iou_types
     evaluator = COCOEvaluator(dataset.annotations, iou_types=iou_types, backend=backend,
-                              label_to_category_id={c.label: c.id for c in categories})
+                              label_to_category_id=label_to_category_id)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
     for images, targets in tqdm(loader, desc="evaluating", unit="batch"):
         outputs = detector([image.to(device) for image in images])
         evaluator.update(outputs, [int(t["image_id"]) for t in targets])
     metrics = evaluator.compute()
     return CheckpointEvaluation(metrics=metrics, results=evaluator.results(), evaluator=evaluator)
+
+
+def _warn_unpredicted(gt: Any, predicted: set, checkpoint: PathLike) -> None:
+    """Name the annotated ground-truth categories the checkpoint cannot predict (each scores AP 0)."""
+    annotated = {ann["category_id"] for ann in gt.annotations if not ann["iscrowd"]}
+    names = gt.category_name_of
+    unpredicted = [f"{names[c]!r} (id {c})" for c in sorted(annotated - predicted)]
+    if unpredicted:
+        warnings.warn(
+            f"{gt.source} has annotations of {len(unpredicted)} categor(ies) that checkpoint {checkpoint} does not "
+            f"predict: {', '.join(unpredicted[:5])}{', ...' if len(unpredicted) > 5 else ''}; each scores AP 0 "
+            "and lowers the mean AP",
+            UserWarning,
+            stacklevel=3,
+        )

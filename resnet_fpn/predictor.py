@@ -118,28 +118,39 @@ class Prediction:
     def __len__(self) -> int:
         return int(self.scores.numel())
 
-    def to_coco_results(self, image_id: int) -> List[Dict[str, Any]]:
+    def to_coco_results(self, image_id: int, *, file_name: Optional[str] = None) -> List[Dict[str, Any]]:
         """COCO results entries, as ``tools/eval_det.py`` and ``resnet_fpn.evaluation`` read them.
 
         The same conversion as ``COCOEvaluator``'s: ``bbox`` is ``[x, y, width, height]``, ``category_id`` the
         data set's id, ``segmentation`` (models with masks only) a compressed RLE whose ``counts`` is a str.
+        Each entry also names its category (``category_name``) and, when given, its image (``file_name``):
+        pycocotools ignores both, and ``resnet_fpn.evaluation`` refuses results whose names contradict the
+        ground truth for their ids (results scored against another file's images or classes).
 
         Args:
             image_id: the image's id in the ground-truth file (the caller knows it).
+            file_name: the image's file name (as the ground truth writes it, or the file's own name); None
+                leaves ``file_name`` out.
 
         Returns:
-            One dict per detection: ``image_id``, ``category_id``, ``score``, ``bbox`` (and ``segmentation``).
+            One dict per detection: ``image_id``, ``category_id``, ``category_name``, ``score``, ``bbox`` (and
+            ``segmentation``, ``file_name``).
 
         Raises:
-            TypeError: `image_id` is not an int.
+            TypeError: `image_id` is not an int, or `file_name` is not a str.
         """
         if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
             raise TypeError(f"image_id must be an int, got {type(image_id).__name__} {image_id!r}")
+        if file_name is not None and not isinstance(file_name, str):
+            raise TypeError(f"file_name must be a str or None, got {type(file_name).__name__} {file_name!r}")
         scores = self.scores.to(torch.float64).tolist()
         out = [
-            {"image_id": int(image_id), "category_id": int(c), "score": s, "bbox": b}
-            for c, s, b in zip(self.category_ids, scores, xyxy_to_xywh(self.boxes))
+            {"image_id": int(image_id), "category_id": int(c), "category_name": n, "score": s, "bbox": b}
+            for c, n, s, b in zip(self.category_ids, self.names, scores, xyxy_to_xywh(self.boxes))
         ]
+        if file_name is not None:
+            for entry in out:
+                entry["file_name"] = file_name
         if self.masks is not None and len(out):
             for entry, rle in zip(out, encode_masks(self.masks)):
                 entry["segmentation"] = rle

@@ -4,18 +4,33 @@
         --iou-types bbox segm --out metrics.json [--backend faster_coco_eval] [--plots DIR]
     resnet-fpn eval --checkpoint outputs/demo/checkpoints/last.ckpt --data-root DIR \
         [--ann instances_val.json --images DIR] --out metrics.json [--results-out results.json] [--plots DIR]
-        [--optimize [--dtype bfloat16]]
+        [--optimize [--dtype bfloat16]] [--map-categories name]
 
 Several results files are concatenated in order (e.g. one file per process). The table is printed, the
 metrics dict (``resnet_fpn.evaluation.evaluate_results`` layout) is written to ``--out``.
+
+Nothing is scored as something else silently: a checkpoint whose category names differ from the ground
+truth's for the same ids is refused (``--map-categories name`` pairs them by name instead); results whose
+``file_name`` or ``category_name`` contradict the ground truth are refused; results covering only part of
+the ground-truth images, and ground-truth boxes with no area, print one ``warning: ...`` line each.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
-from ..evaluation import BACKENDS, IOU_TYPES, format_metrics_table, plot_precision_recall, score_results
+from ..evaluation import (
+    BACKENDS,
+    CATEGORY_MATCHING,
+    IOU_TYPES,
+    format_metrics_table,
+    plot_precision_recall,
+    score_results,
+)
 from ..files import atomic_write_json
 
 __all__ = ["add_arguments", "run"]
@@ -48,6 +63,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="run resnet_fpn.optimize_for_inference(detector) (folded BN, channels_last)")
     ckpt.add_argument("--dtype", choices=DTYPES, default=None,
                       help="with --optimize: bfloat16 (CPU or CUDA) or float16 (CUDA) autocast")
+    ckpt.add_argument("--map-categories", choices=CATEGORY_MATCHING, default=None,
+                      help="id (default): the checkpoint's category ids must carry the ground truth's names; "
+                           "name: score each label as the ground-truth category of the same name (exact match)")
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show the package's ``UserWarning``s as one ``warning: ...`` line on stderr; other warnings as usual."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # warnings.showwarning's signature
+        if category is UserWarning:
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores showwarning (and the filters) on the way out
+        warnings.showwarning = one_line
+        yield
 
 
 def _write_outputs(args: argparse.Namespace, metrics: Dict[str, Any], precision: Dict[str, Any],
@@ -80,6 +114,7 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
         args.checkpoint, ann_file=ann, images_dir=images, iou_types=args.iou_types, backend=args.backend,
         batch_size=args.batch_size, device=args.device, optimize=args.optimize,
         dtype=None if args.dtype is None else getattr(torch, args.dtype),
+        map_categories=args.map_categories or "id",
     )
     if args.results_out is not None:
         atomic_write_json(args.results_out, evaluation.results, indent=None)
@@ -106,8 +141,12 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--dtype needs --optimize")
     if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
         parser.error("--checkpoint needs --data-root, or both --ann and --images")
-    if args.checkpoint is not None:
-        _checkpoint_mode(args)
-    else:
-        _results_mode(args)
+    if args.map_categories is not None and args.checkpoint is None:
+        parser.error("--map-categories needs --checkpoint (results files carry category ids; resnet-fpn infer "
+                     "--ann FILE --map-categories name writes the ids of FILE)")
+    with _warnings_as_lines():
+        if args.checkpoint is not None:
+            _checkpoint_mode(args)
+        else:
+            _results_mode(args)
     return 0

@@ -8,11 +8,14 @@
 
 --images takes files, folders (their images, not recursive) and glob patterns ("photos/**/*.jpg"), several
 allowed. With --ann, only the images the annotation file lists are run (matched by file name) and the results
-carry its image ids, so `resnet-fpn eval` scores them; without it, image ids are 1, 2, ... in the sorted order
-of the files found (unreadable ones included, so ids do not shift when a file breaks), and OUT/image_ids.json
-records which file got which id. Unreadable images are reported (one
-warning line each) and skipped. Exit status: 0 when at least one image was processed, 1 when none could be,
-2 for bad arguments (missing checkpoint, no images found).
+carry its image ids, so `resnet-fpn eval` scores them; the checkpoint's category names must then be the file's
+for the same ids (--map-categories name pairs them by name and writes the file's ids). Without --ann, image
+ids are only positions: 1, 2, ... in the sorted order of the files found (unreadable ones included, so ids do
+not shift when a file breaks), and a note says so; OUT/image_ids.json records which file got which id. Every
+result carries its image's ``file_name`` and its ``category_name``, which `resnet-fpn eval` checks against the
+ground truth, so results scored against another file's images or classes are refused. Unreadable images are
+reported (one warning line each) and skipped. Exit status: 0 when at least one image was processed, 1 when
+none could be, 2 for bad arguments (missing checkpoint, no images found, categories that do not match).
 """
 from __future__ import annotations
 
@@ -20,10 +23,14 @@ import argparse
 import glob
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
-from ..coco_format import image_ids_by_file_name
+from ..coco_format import Category, category_names_by_id, image_ids_by_file_name
+from ..evaluation import CATEGORY_MATCHING, match_categories
 from ..files import atomic_write_json
+
+if TYPE_CHECKING:
+    from ..predictor import Predictor
 
 __all__ = ["add_arguments", "run", "find_images", "image_ids_from_annotations"]
 
@@ -41,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-json", default="results.json",
                    help="results file name inside --out, or a path (default results.json)")
     p.add_argument("--ann", type=Path, help="COCO instances JSON whose image ids the results should carry")
+    p.add_argument("--map-categories", choices=CATEGORY_MATCHING, default=None,
+                   help="with --ann: id (default) requires the checkpoint's category ids to carry the file's "
+                        "names; name writes the file's id of each category name (exact match)")
     p.add_argument("--grid", type=Path, help="also tile the first --grid-count pictures into this PNG")
     p.add_argument("--grid-count", type=int, default=8, help="pictures in --grid (default 8, 4 per row)")
 
@@ -89,18 +99,41 @@ def image_ids_from_annotations(ann_file: Path, paths: Sequence[Path]) -> Dict[Pa
         FileNotFoundError: no such annotation file.
         ValueError: not a COCO JSON with an ``images`` list of ``id``/``file_name`` entries.
     """
+    return {path: image_id for path, (image_id, _) in _match_annotations(ann_file, paths).items()}
+
+
+def _match_annotations(ann_file: Path, paths: Sequence[Path]) -> Dict[Path, Tuple[int, str]]:
+    """path -> (image id, the JSON's file_name) for the paths that match (see `image_ids_from_annotations`)."""
     entries = image_ids_by_file_name(ann_file).items()  # the one COCO reader: errors name file and entry
     by_name: Dict[str, List[tuple]] = {}
     for file_name, image_id in entries:
         by_name.setdefault(Path(file_name).name, []).append((file_name, image_id))
-    ids: Dict[Path, int] = {}
+    matched: Dict[Path, Tuple[int, str]] = {}
     for path in paths:
         candidates = by_name.get(path.name, [])
         if len(candidates) > 1:
             candidates = [c for c in candidates if path.as_posix().endswith("/" + c[0].lstrip("/"))]
         if len(candidates) == 1:
-            ids[path] = candidates[0][1]
-    return ids
+            matched[path] = (candidates[0][1], candidates[0][0])
+    return matched
+
+
+def _categories_for(predictor: "Predictor", args: argparse.Namespace) -> "Predictor":
+    """The predictor, its categories checked against --ann's (and renumbered with --map-categories name)."""
+    from ..predictor import Predictor
+
+    names = category_names_by_id(args.ann)
+    if names is None:
+        if args.map_categories == "name":
+            raise ValueError(f"--map-categories name needs the 'categories' of {args.ann}, which has none")
+        return predictor  # an image list without categories: nothing to compare
+    mapping = match_categories(predictor.categories, names, by=args.map_categories or "id",
+                               source=f"checkpoint {args.checkpoint}", gt_source=str(args.ann))
+    if all(mapping[c.label] == c.id for c in predictor.categories):
+        return predictor
+    renumbered = [Category(label=c.label, id=mapping[c.label], name=c.name) for c in predictor.categories]
+    return Predictor(predictor.detector, renumbered, device=predictor.device,
+                     score_threshold=predictor.score_threshold)
 
 
 def _picture_path(out: Path, path: Path, used: set) -> Path:
@@ -124,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         FileNotFoundError: missing checkpoint, annotation file, or images.
-        ValueError: a bad checkpoint, annotation file or threshold.
+        ValueError: a bad checkpoint, annotation file or threshold; checkpoint categories that do not match
+            the --ann file's (see ``resnet_fpn.evaluation.match_categories``).
     """
     import torch
     from tqdm import tqdm
@@ -132,19 +166,28 @@ def run(args: argparse.Namespace) -> int:
     from ..predictor import Predictor, read_image
     from ..visualize import draw_predictions, picture_grid, save_image
 
+    if args.map_categories is not None and args.ann is None:
+        args.parser.error("--map-categories needs --ann (the file whose category ids the results should carry)")
     paths = find_images(args.images)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
     if args.ann is not None:
-        ids = image_ids_from_annotations(args.ann, paths)
-        left_out = [p for p in paths if p not in ids]
-        if not ids:
+        predictor = _categories_for(predictor, args)
+        matched = _match_annotations(args.ann, paths)
+        left_out = [p for p in paths if p not in matched]
+        if not matched:
             raise ValueError(f"none of the {len(paths)} image(s) is listed in {args.ann}")
         if left_out:
             print(f"{len(left_out)} image(s) not listed in {args.ann} are not run (e.g. {left_out[0]})",
                   file=sys.stderr)
-        paths = [p for p in paths if p in ids]
+        paths = [p for p in paths if p in matched]
+        ids = {path: image_id for path, (image_id, _) in matched.items()}
+        file_names = {path: file_name for path, (_, file_name) in matched.items()}
     else:
         ids = {path: index + 1 for index, path in enumerate(paths)}
+        file_names = {path: path.name for path in paths}
+        print(f"note: without --ann, image ids are only positions (1..{len(paths)} in sorted file order, see "
+              "image_ids.json); to score these results, run with --ann <instances.json> (resnet-fpn eval "
+              "refuses results whose file_name is not the ground truth's for that id)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = Path(args.results_json)
     if not results_path.is_absolute():
@@ -167,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         save_image(picture, _picture_path(args.out, path, used_names))
         if args.grid is not None and len(grid) < args.grid_count:
             grid.append(picture)
-        results.extend(prediction.to_coco_results(ids[path]))
+        results.extend(prediction.to_coco_results(ids[path], file_name=file_names[path]))
         detections += len(prediction)
         done += 1
 

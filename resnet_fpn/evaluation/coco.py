@@ -13,6 +13,12 @@ same steps of faster-coco-eval, which gives the same statistics), after the inpu
 ``resnet_fpn.coco_format`` (ground truth: ``CocoAnnotations``; results: ``load_results``/``check_results``),
 so that a mistake is reported as a ``ValueError`` naming the bad value instead of an assertion or
 ``KeyError`` deep inside pycocotools.
+
+Nothing is scored as something else without a word: :func:`match_categories` refuses a detector whose
+category names differ from the ground truth's for the same ids; results naming other files than the ground
+truth (``file_name``) are refused by ``check_results``; results covering only part of the ground-truth
+images, a streaming evaluation of part of them, and ground-truth boxes with no area are reported by a
+``UserWarning`` with the count and the ids.
 """
 from __future__ import annotations
 
@@ -31,10 +37,12 @@ import torch.distributed as dist
 
 from ..coco_format import (
     MASK_THRESHOLD,
+    Category,
     CocoAnnotations,
     ResultSources,
     check_results,
     encode_masks,
+    join_some,
     list_some,
     load_results,
     xyxy_to_xywh,
@@ -42,11 +50,13 @@ from ..coco_format import (
 
 __all__ = [
     "BACKENDS",
+    "CATEGORY_MATCHING",
     "IOU_TYPES",
     "STAT_NAMES",
     "COCOEvalResult",
     "COCOEvaluator",
     "evaluate_results",
+    "match_categories",
     "score_results",
 ]
 
@@ -58,6 +68,8 @@ STAT_NAMES: Tuple[str, ...] = (
 IOU_TYPES: Tuple[str, ...] = ("bbox", "segm")
 #: Supported evaluation backends: the reference implementation and its C++ port.
 BACKENDS: Tuple[str, ...] = ("pycocotools", "faster_coco_eval")
+#: How :func:`match_categories` pairs a detector's categories with the ground truth's.
+CATEGORY_MATCHING: Tuple[str, ...] = ("id", "name")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -82,6 +94,96 @@ def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+# --------------------------------------------------------------------------------------------
+# A detector's categories against the ground truth's
+# --------------------------------------------------------------------------------------------
+def match_categories(
+    categories: Sequence[Category],
+    gt: Union[CocoAnnotations, Mapping[int, str]],
+    *,
+    by: str = "id",
+    source: str = "the detector",
+    gt_source: Optional[str] = None,
+) -> Dict[int, int]:
+    """Pair a detector's training labels with the ground truth's category ids, or refuse.
+
+    COCOeval compares category ids only: a detector trained on fruits (1 date, 2 fig, 3 hazelnut) would be
+    scored against COCO's 1 person, 2 bicycle, 3 car without a word. This is the check that prevents it.
+    Names are compared exactly (case and spaces count: ``"Person"`` is not ``"person"``).
+
+    Args:
+        categories: the detector's ``Category(label, id, name)`` for every label it predicts (a checkpoint's
+            ``categories``).
+        gt: the ground truth (a :class:`resnet_fpn.coco_format.CocoAnnotations`) or its category id -> name.
+        by: ``"id"``: each label scores as its own category id, whose name must be the ground truth's name for
+            that id. ``"name"``: each label scores as the ground-truth category of the same name, whatever the
+            ids (a detector trained on a file that numbers the same classes differently).
+        source: how messages name the detector (its checkpoint path).
+        gt_source: how messages name the ground truth (default: ``gt.source``, or "the ground truth").
+
+    Returns:
+        training label -> ground-truth category id, for every label of `categories`.
+
+    Raises:
+        ValueError: `by` is not ``"id"`` or ``"name"``; with ``"id"``, ids absent from the ground truth or
+            ids whose names differ (every differing ``id: 'detector name' vs 'ground-truth name'`` pair is
+            listed, up to five and the count); with ``"name"``, detector names the ground truth lacks (listed),
+            or a needed name that the ground truth gives to several ids.
+    """
+    if by not in CATEGORY_MATCHING:
+        raise ValueError(f"category matching must be one of {CATEGORY_MATCHING}, got {by!r}")
+    if isinstance(gt, CocoAnnotations):
+        gt_names: Dict[int, str] = gt.category_name_of
+        gt_source = gt_source or gt.source
+    else:
+        gt_names = {int(k): str(v) for k, v in gt.items()}
+    gt_source = gt_source or "the ground truth"
+    categories = list(categories)
+    if by == "id":
+        missing = sorted({c.id for c in categories if c.id not in gt_names})
+        differ = sorted({(c.id, c.name) for c in categories if c.id in gt_names and c.name != gt_names[c.id]})
+        if not missing and not differ:
+            return {c.label: c.id for c in categories}
+        problems = []
+        if differ:
+            pairs = [f"{i}: {name!r} vs {gt_names[i]!r}" for i, name in differ]
+            problems.append(f"the same category ids name other categories (id: detector vs ground truth): "
+                            f"{join_some(pairs)}")
+        if missing:
+            problems.append(f"category ids {list_some(missing)} are not in the ground truth")
+        gt_ids_of = _ids_by_name(gt_names)
+        if all(len(gt_ids_of.get(c.name, ())) == 1 for c in categories):
+            hint = ("; every one of its category names is in the ground truth: map_categories='name' "
+                    "(resnet-fpn eval/infer --map-categories name) scores each label as the category of its name")
+        else:
+            hint = "; it was trained on another category table: evaluate it on data labelled with its categories"
+        raise ValueError(
+            f"{source} does not predict the categories of {gt_source}, compared by id (names must be equal): "
+            + "; ".join(problems) + hint
+        )
+    gt_ids_of = _ids_by_name(gt_names)
+    absent = sorted({c.name for c in categories if c.name not in gt_ids_of})
+    if absent:
+        raise ValueError(
+            f"{source} predicts categories that {gt_source} does not name (names compared exactly): "
+            f"{list_some(absent)}; its category names are {list_some(sorted(gt_ids_of))}"
+        )
+    ambiguous = sorted({c.name for c in categories if len(gt_ids_of[c.name]) > 1})
+    if ambiguous:
+        raise ValueError(
+            f"{gt_source} gives one name to several category ids, so matching by name is ambiguous: "
+            + "; ".join(f"{name!r}: ids {gt_ids_of[name]}" for name in ambiguous[:5])
+        )
+    return {c.label: gt_ids_of[c.name][0] for c in categories}
+
+
+def _ids_by_name(names: Mapping[int, str]) -> Dict[str, List[int]]:
+    out: Dict[str, List[int]] = {}
+    for cat_id in sorted(names):
+        out.setdefault(names[cat_id], []).append(cat_id)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +377,7 @@ def _score(
             UserWarning,
             stacklevel=3,
         )
+    _warn_degenerate_boxes(gt, image_ids)
     coco_gt = adapter.coco_from_dataset(_dataset_for_eval(gt))
     category_keys = _category_keys(gt)
     metrics: Dict[str, Any] = {}
@@ -293,6 +396,37 @@ def _score(
         category_names=category_keys,
         category_ids=list(gt.category_ids),
     )
+
+
+def _warn_degenerate_boxes(gt: CocoAnnotations, image_ids: Sequence[int]) -> None:
+    """Name the ground-truth boxes of the evaluated images that no detection can match."""
+    if not gt.degenerate_box_ids:
+        return
+    evaluated = set(image_ids)
+    by_id = {ann["id"]: ann for ann in gt.annotations if not ann["iscrowd"]}
+    bad = [i for i in gt.degenerate_box_ids if by_id[i]["image_id"] in evaluated]
+    if bad:
+        warnings.warn(
+            f"{gt.source}: {len(bad)} ground-truth box(es) with a width or height <= 0, annotation ids "
+            f"{list_some(bad)}: no detection can overlap them, so pycocotools scores each as a miss (training "
+            "drops them); fix their bbox to score them",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _warn_partial_results(gt: CocoAnnotations, entries: Sequence[Dict[str, Any]]) -> None:
+    """Say how many ground-truth images the results leave out: pycocotools counts their objects as missed."""
+    covered = {r["image_id"] for r in entries}
+    left = [i for i in gt.image_ids if i not in covered]
+    if entries and left:
+        warnings.warn(
+            f"results cover {len(covered)} of {len(gt.image_ids)} ground-truth images of {gt.source}; "
+            f"pycocotools scores the other {len(left)} as misses (image ids {list_some(left)}): right only "
+            "if the detector found nothing there",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def score_results(
@@ -321,11 +455,19 @@ def score_results(
     Returns:
         The :class:`COCOEvalResult`; every ground-truth image is evaluated, as pycocotools does.
 
+    Warns:
+        UserWarning: the results leave some ground-truth images without a detection (``"results cover K of
+            N ground-truth images ...; pycocotools scores the other N-K as misses"``: the numbers include them,
+            which is right only where the detector found nothing); ground-truth boxes with a width or height
+            <= 0 (their annotation ids: pycocotools scores each as a miss); no results at all.
+
     Raises:
         ValueError: unknown iou type or backend; a results file that is not JSON or not a list; an
             entry lacking a field (named by its index and file); image or category ids absent from the
-            ground truth (the first few and their count); invalid ground truth (its file and entry named),
-            or, for segm, ground-truth annotations without ``segmentation``.
+            ground truth (the first few and their count); entries whose ``file_name`` or ``category_name``
+            contradicts the ground truth for their id (see ``resnet_fpn.coco_format.check_results``);
+            invalid ground truth (its file and entry named), or, for segm, ground-truth annotations without
+            ``segmentation``.
         TypeError: ``coco_gt`` is neither a COCO object, a ``CocoAnnotations`` nor a path.
         FileNotFoundError: a results or ground-truth file does not exist.
         ImportError: ``backend="faster_coco_eval"`` without the faster-coco-eval package.
@@ -346,6 +488,7 @@ def score_results(
             f"got {type(results).__name__}"
         )
     check_results(entries, gt, iou_types=iou_types, sources=sources)
+    _warn_partial_results(gt, entries)
     return _score(gt, entries, iou_types=iou_types, backend=backend, image_ids=gt.image_ids)
 
 
@@ -373,6 +516,9 @@ def evaluate_results(
         ``precision[:, :, k, area=all, maxDets=100]`` over its entries > -1, or -1 if there are none.
         Empty results give AP/AR 0 (with a warning) instead of pycocotools' crash.
 
+    Warns:
+        UserWarning: as :func:`score_results` (partial coverage, boxes with no area, no results).
+
     Raises:
         ValueError, TypeError, FileNotFoundError, ImportError: as :func:`score_results`.
     """
@@ -391,7 +537,7 @@ class COCOEvaluator:
     repeated images) keeps the predictions seen first, in rank order under torch.distributed.
 
     Only the images passed to :meth:`update` are evaluated (COCOeval ``params.imgIds``), so a
-    partial validation pass scores the images it saw.
+    partial validation pass scores the images it saw, and :meth:`compute` says so with a warning.
 
     Attributes:
         precision: after :meth:`compute` on rank 0, per iou type the ``eval["precision"]`` array
@@ -575,6 +721,12 @@ class COCOEvaluator:
             The metrics dict of :func:`evaluate_results` for the requested iou types, identical on all
             ranks.
 
+        Warns:
+            UserWarning: on rank 0, when the images passed to :meth:`update` (all ranks together) are only
+                some of the ground truth's (``"scored K of N ground-truth images ..."``: the metrics are those
+                of the K images, the others are left out, not counted as misses); ground-truth boxes with a
+                width or height <= 0 among them (annotation ids); no detection at all.
+
         Raises:
             RuntimeError: no image was passed to :meth:`update` on any rank; or scoring failed on rank 0
                 (other ranks raise with its message instead of waiting forever).
@@ -597,6 +749,14 @@ class COCOEvaluator:
         error: Optional[BaseException] = None
         if rank == 0:
             entries = [r for dets in merged.values() for r in dets]
+            left = len(self._gt.image_ids) - len(merged)
+            if left:
+                warnings.warn(
+                    f"COCOEvaluator scored {len(merged)} of {len(self._gt.image_ids)} ground-truth images of "
+                    f"{self._gt.source} (the ones passed to update()); the metrics leave the other {left} out",
+                    UserWarning,
+                    stacklevel=2,
+                )
             try:
                 result = _score(
                     self._gt, entries, iou_types=self.iou_types, backend=self.backend, image_ids=list(merged)
