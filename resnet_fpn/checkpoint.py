@@ -25,7 +25,7 @@ from .detectors import build_detector, iou_types_of
 from .files import atomic_torch_save
 from .weights import load_weights
 
-__all__ = ["DetectorCheckpoint", "detector_from_checkpoint", "save_detector_checkpoint"]
+__all__ = ["DetectorCheckpoint", "detector_from_checkpoint", "read_checkpoint", "save_detector_checkpoint"]
 
 
 def save_detector_checkpoint(
@@ -51,6 +51,38 @@ def save_detector_checkpoint(
         },
     }
     return atomic_torch_save(payload, path)
+
+
+def read_checkpoint(
+    path: Union[str, os.PathLike], *, map_location: Union[str, torch.device] = "cpu"
+) -> Mapping[str, object]:
+    """Read a checkpoint file whole (``torch.load(weights_only=True)``), naming the file when it cannot be read.
+
+    Args:
+        path: a ``.ckpt``/``.pth`` file.
+        map_location: where tensors are loaded.
+
+    Returns:
+        The checkpoint's top-level mapping.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated or corrupt (an interrupted copy, a full disk), or holds something
+            other than a mapping; the file and torch's reason are named.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError...: the file is what is wrong
+        reason = str(exc).split("\n")[0].split(". This is an internal")[0]  # torch's first sentence
+        reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise ValueError(f"could not read checkpoint {path} ({path.stat().st_size} bytes; truncated or corrupt?): "
+                         f"{reason}") from exc
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{path}: expected a checkpoint (a mapping), got {type(ckpt).__name__}")
+    return ckpt
 
 
 def read_categories(hparams: Mapping[str, object], where: str) -> List[Category]:
@@ -110,13 +142,8 @@ def detector_from_checkpoint(
         dict_keys(['boxes', 'labels', 'scores'])
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    ckpt = read_checkpoint(path, map_location=map_location)
+    hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, Mapping) or not isinstance(hparams.get("model"), Mapping):
         raise ValueError(
             f"{path} is not a detector checkpoint of resnet_fpn: expected hyper_parameters['model'] with the "

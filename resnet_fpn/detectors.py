@@ -28,17 +28,23 @@ class DetectorSpec:
         top_block: the FPN top block its heads expect (R-CNNs pool P2-P5 and anchor P2-P6: "maxpool";
             one-stage heads run on P3-P7: "p6p7").
         iou_types: what it predicts, as COCO evaluation types ("bbox", plus "segm" for masks).
+        class_layers: its class-dependent predictor layers (module names): the only tensors whose shapes may
+            differ from a checkpoint's when fine-tuning on another number of classes (see `build_detector`).
     """
 
     top_block: str
     iou_types: Tuple[str, ...] = ("bbox",)
+    class_layers: Tuple[str, ...] = ()
 
 
+_BOX_PREDICTOR = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred")
+_CLS_LOGITS = ("head.classification_head.cls_logits",)
 DETECTORS = {
-    "faster_rcnn": DetectorSpec("maxpool"),
-    "mask_rcnn": DetectorSpec("maxpool", ("bbox", "segm")),
-    "retinanet": DetectorSpec("p6p7"),
-    "fcos": DetectorSpec("p6p7"),
+    "faster_rcnn": DetectorSpec("maxpool", class_layers=_BOX_PREDICTOR),
+    "mask_rcnn": DetectorSpec("maxpool", ("bbox", "segm"),
+                              class_layers=_BOX_PREDICTOR + ("roi_heads.mask_predictor.mask_fcn_logits",)),
+    "retinanet": DetectorSpec("p6p7", class_layers=_CLS_LOGITS),
+    "fcos": DetectorSpec("p6p7", class_layers=_CLS_LOGITS),
 }
 
 
@@ -111,6 +117,55 @@ def _check_pyramid(fpn: nn.Module, name: str) -> None:
     )
 
 
+def _keys(keys: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _load_detector_weights(detector: nn.Module, weights: WeightsSource, *, model: str, backbone: str) -> None:
+    """Load a whole-detector checkpoint: every tensor must fit, except the class-dependent predictor layers.
+
+    Those (`DetectorSpec.class_layers`) stay at their init when their shapes differ (a checkpoint trained on
+    another number of classes), with one warning naming them.
+
+    Args:
+        detector: the detector just built.
+        weights: a path, URL or state dict (see `load_weights`).
+        model, backbone: the detector's and the backbone's names, for messages.
+
+    Raises:
+        ValueError: any other tensor of another shape, missing from the checkpoint or not in the model (named,
+            with counts).
+    """
+    report = load_weights(detector, weights, strict=False, skip_mismatched=True)
+    class_layers = tuple(f"{layer}." for layer in _spec(model).class_layers)
+    reinit = [m for m in report.mismatched if m[0].startswith(class_layers)]
+    mismatched = [m for m in report.mismatched if not m[0].startswith(class_layers)]
+    skipped = {m[0] for m in report.mismatched}
+    missing = [k for k in report.missing if k not in skipped]
+    if mismatched or missing or report.unexpected:
+        problems = []
+        if mismatched:
+            shapes = [f"{k} {theirs} vs {ours}" for k, theirs, ours in mismatched]
+            problems.append(f"{len(mismatched)} of another shape (checkpoint vs model) [{_keys(shapes)}]")
+        if missing:
+            problems.append(f"{len(missing)} missing from the checkpoint [{_keys(missing)}]")
+        if report.unexpected:
+            problems.append(f"{len(report.unexpected)} not in the model [{_keys(report.unexpected)}]")
+        raise ValueError(
+            f"weights {report.source} do not fit {model} on {backbone}: {'; '.join(problems)}. Only the "
+            f"class-dependent predictor layers ({', '.join(_spec(model).class_layers)}) may differ; was the "
+            f"checkpoint trained with another detector, backbone or head options? To start from its backbone "
+            f"only, pass it as backbone_weights"
+        )
+    if reinit:
+        log.warning(
+            "weights %s: the class-dependent layers %s are left at their init (another number of classes: %s)",
+            report.source, ", ".join(sorted({k.rsplit(".", 1)[0] for k, _, _ in reinit})),
+            ", ".join(f"{k} {theirs} -> {ours}" for k, theirs, ours in reinit),
+        )
+
+
 def build_detector(
     model: str,
     *,
@@ -147,8 +202,11 @@ def build_detector(
         backbone: a name of ``list_backbones()`` with FPN, or ``timm:<model>-fpn``. RetinaNet and FCOS get
             the ``p6p7`` top block, the R-CNNs ``maxpool``.
         backbone_weights: ImageNet (or detection) weights for the backbone; see ``build_backbone``.
-        weights: a whole detector checkpoint (this project's or torchvision's detection layout). Tensors
-            whose shapes differ (another number of classes) stay at their init, with a warning naming them.
+        weights: a whole detector checkpoint (this project's or torchvision's detection layout) of the same
+            detector, backbone and head options. Only the class-dependent predictor layers may differ in shape
+            (another number of classes: ``roi_heads.box_predictor.cls_score``/``bbox_pred``,
+            ``roi_heads.mask_predictor.mask_fcn_logits``, RetinaNet/FCOS ``head.classification_head.cls_logits``);
+            they stay at their init, with a warning naming them. Any other difference is an error.
         norm, freeze_at: backbone options (see ``build_backbone``); "auto" and None follow `backbone_weights`
             (or `weights`: a trained detector is fine-tuned with frozen BN and freeze_at 2, as torchvision).
         fpn_channels: channels of the pyramid (256 as torchvision); the RPN and RoI heads follow it. On small
@@ -163,7 +221,9 @@ def build_detector(
         The torchvision detector (``model.backbone`` is the ResNet-FPN).
 
     Raises:
-        ValueError: unknown model (closest names suggested) or bad option values.
+        ValueError: unknown model (closest names suggested), bad option values, or `weights` that do not fit
+            (tensors of another shape other than the class-dependent layers, missing or left over: named).
+        FileNotFoundError: a weights file that does not exist.
 
     Example:
         >>> detector = build_detector("mask_rcnn", backbone="resnet18-fpn", num_classes=4, min_size=320)
@@ -226,10 +286,5 @@ def build_detector(
         detector = cls(fpn, num_classes=num_classes, score_thresh=score_thresh,
                        detections_per_img=detections_per_img, **common, **extra)
     if weights is not None:
-        report = load_weights(detector, weights, strict=False, skip_mismatched=True)
-        for key, theirs, ours in report.mismatched:
-            log.warning("weights: %s left at its init: checkpoint shape %s, model shape %s", key, theirs, ours)
-        if report.missing:
-            log.warning("weights: %d detector tensors not in %s (e.g. %s)", len(report.missing), report.source,
-                        report.missing[:3])
+        _load_detector_weights(detector, weights, model=model, backbone=backbone)
     return detector

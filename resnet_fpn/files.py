@@ -29,13 +29,24 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         A path in the same folder (same file system, so ``os.replace`` is atomic on POSIX). On an exception the
         temporary file is removed and `path` is left as it was.
 
+    Raises:
+        IsADirectoryError: `path` is a folder.
+        NotADirectoryError: a part of `path`'s folder is a file.
+        OSError: the folder cannot be created or written (``PermissionError``, a read-only or virtual file
+            system such as /proc); the message names `path` and the reason. All before anything is written.
+
     Example:
         >>> with atomic_path("out/picture.png") as tmp:
         ...     image.save(tmp, format="PNG")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -46,6 +57,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _unwritable(path: Path, exc: OSError) -> OSError:
+    """The error for a `path` whose folder cannot be created or written, naming `path` and the reason."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    reason = exc.strerror or str(exc)
+    if not path.parent.is_dir():
+        return type(exc)(f"cannot write {path}: cannot create the folder {path.parent} ({reason})")
+    return type(exc)(f"cannot write {path}: cannot create a file in {path.parent} ({reason})")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

@@ -47,6 +47,10 @@ class LoadReport:
         loaded: model keys that received a tensor.
         missing: model keys the checkpoint did not provide.
         unexpected: checkpoint keys (after renaming) the model does not have.
+        unexpected_targets: for the unexpected keys inside the part of the checkpoint that aligns with the
+            model, the model key each would have had (``layer3.5.conv1.weight`` of a ResNet-34 loaded into a
+            ResNet-18 backbone -> ``body.layer3.5.conv1.weight``): where a caller can tell a tensor the model
+            lacks from another network's heads (``rpn.*`` of a detector loaded into a backbone, absent here).
         converted: (checkpoint key, model key) pairs that were renamed to fit.
         mismatched: (model key, checkpoint shape, model shape) left at their init with ``skip_mismatched``.
     """
@@ -55,6 +59,7 @@ class LoadReport:
     loaded: List[str] = field(default_factory=list)
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
+    unexpected_targets: Dict[str, str] = field(default_factory=dict)
     converted: List[Tuple[str, str]] = field(default_factory=list)
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
 
@@ -202,7 +207,9 @@ def load_weights(
             missing for `strict`.
 
     Returns:
-        A `LoadReport` (loaded, missing, unexpected and renamed keys); also logged at INFO level.
+        A `LoadReport` (loaded, missing, unexpected, mismatched and renamed keys); also logged at INFO level.
+        With ``strict=False`` deciding what a missing or unexpected key means is the caller's: backbones
+        (``build_backbone``) and detectors (``build_detector``) each have their rule.
 
     Raises:
         ValueError: a shape mismatch (the key and both shapes), or, with `strict`, missing/unexpected keys
@@ -238,6 +245,7 @@ def load_weights(
         target = add + new[len(strip):]
         if target not in model_keys:
             report.unexpected.append(key)
+            report.unexpected_targets[key] = target
             continue
         expected = model_state[target].shape
         tensor = raw[key]

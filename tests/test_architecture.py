@@ -23,7 +23,7 @@ ALLOWED = {
     "visualize": {"coco_format"},
     "checkpoint": {"backbone", "detectors", "weights", "coco_format", "files"},
     "predictor": {"checkpoint", "coco_format", "data"},
-    "deploy": {"detectors", "backbone", "models", "weights"},
+    "deploy": {"detectors", "backbone", "models", "weights", "files"},
     "evaluate": {"checkpoint", "data", "deploy", "evaluation"},
     "training": {"backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize"},
     "cli": {"backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",

@@ -182,11 +182,52 @@ def test_imagenet_checkpoint_leaves_fpn_at_init_and_reports(tmp_path, caplog):
     assert "FPN left at its initialisation" in caplog.text and "fc.weight" in caplog.text
 
 
-def test_wrong_checkpoint_names_unset_backbone_tensors(tmp_path):
+DEEPER_BLOCKS = r"layer1\.2, layer2\.2, layer2\.3, layer3\.2, layer3\.3, layer3\.4, layer3\.5, layer4\.2"
+
+
+def test_shallower_checkpoint_names_unset_backbone_tensors(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match=r"shape mismatch|leave \d+ backbone tensors unset"):
+    with pytest.raises(ValueError, match=rf"weights .*r18\.pth leave 80 backbone tensors of resnet34-fpn unset, in "
+                                         rf"{DEEPER_BLOCKS} \(e\.g\. body\.layer1\.2\.conv1\.weight\)"):
         build_backbone("resnet34-fpn", weights=path)
+
+
+@pytest.mark.parametrize("name", ["resnet18-fpn", "resnet18"])
+def test_deeper_checkpoint_is_refused_naming_the_blocks_the_model_lacks(tmp_path, name):
+    # Was: loaded, the 80 extra tensors logged at INFO; same widths, so no shape told them apart.
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=rf"weights .*r34\.pth hold 80 backbone tensors that {name} does not have, "
+                                         rf"in {DEEPER_BLOCKS} \(e\.g\. layer1\.2\.conv1\.weight\); is the "
+                                         r"checkpoint for another architecture"):
+        build_backbone(name, weights=path)
+
+
+def test_checkpoint_with_se_blocks_is_refused_for_a_plain_resnet():
+    import timm
+
+    with pytest.raises(ValueError, match=r"hold 32 backbone tensors that resnet18-fpn does not have, in layer1\.0\.se, "
+                                         r"layer1\.1\.se, .* \(e\.g\. layer1\.0\.se\.fc1\.weight\)"):
+        build_backbone("resnet18-fpn", weights=timm.create_model("seresnet18").state_dict())
+
+
+def test_detection_checkpoint_of_a_deeper_backbone_is_refused():
+    # A detector's heads are not the backbone's business, but its body must be this body.
+    deeper = FasterRCNN(build_backbone("resnet34-fpn"), num_classes=3).state_dict()
+    with pytest.raises(ValueError, match=rf"hold 80 backbone tensors that resnet18-fpn does not have, in "
+                                         rf"{DEEPER_BLOCKS} \(e\.g\. backbone\.body\.layer1\.2\.conv1\.weight\)"):
+        build_backbone("resnet18-fpn", weights=deeper)
+
+
+def test_unused_parts_of_a_checkpoint_are_not_errors():
+    source = torchvision.models.resnet18(weights=None)
+    # Stages the backbone does not build (out_features stops at c3) and the classifier are not its tensors.
+    model = build_backbone("resnet18", weights=source.state_dict(), out_features=["c2", "c3"])
+    assert torch.equal(model.layer2[1].conv2.weight, source.layer2[1].conv2.weight)
+    detector = FasterRCNN(build_backbone("resnet18-fpn"), num_classes=3)
+    body_only = build_backbone("resnet18", weights=detector.state_dict())  # FPN, rpn and roi_heads unused
+    assert torch.equal(body_only.layer4[1].conv1.weight, detector.backbone.body.layer4[1].conv1.weight)
 
 
 def one_train_step_and_eval(model: nn.Module, *, masks: bool = False, keypoints: bool = False) -> None:

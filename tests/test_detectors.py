@@ -96,3 +96,88 @@ def test_auto_rule_is_one_function():
                                                      num_classes=3).state_dict())
     assert detector.backbone.body.freeze_at == 2
     assert not any(p.requires_grad for p in detector.backbone.body.layer1.parameters())
+
+
+# ------------------------------------------------------------------------------- whole-detector weights
+CLASS_LAYERS = {
+    "faster_rcnn": "roi_heads.box_predictor.bbox_pred, roi_heads.box_predictor.cls_score",
+    "mask_rcnn": "roi_heads.box_predictor.bbox_pred, roi_heads.box_predictor.cls_score, "
+                 "roi_heads.mask_predictor.mask_fcn_logits",
+    "retinanet": "head.classification_head.cls_logits",
+    "fcos": "head.classification_head.cls_logits",
+}
+
+
+def test_torchvision_91_class_detector_fine_tunes_on_4_classes(caplog):
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    coco = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None), num_classes=91)
+    with caplog.at_level("WARNING", logger="resnet_fpn.detectors"):
+        ours = build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=4, weights=coco.state_dict())
+    assert len(caplog.records) == 1
+    assert (f"the class-dependent layers {CLASS_LAYERS['faster_rcnn']} are left at their init (another number of "
+            f"classes: roi_heads.box_predictor.cls_score.weight (91, 1024) -> (4, 1024)") in caplog.text
+    theirs = coco.state_dict()
+    for key, value in ours.state_dict().items():
+        if "num_batches_tracked" in key or key.startswith("roi_heads.box_predictor."):
+            continue
+        assert torch.equal(value, theirs[key]), key
+    assert ours.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+@pytest.mark.parametrize("model", ["mask_rcnn", "retinanet", "fcos"])
+def test_only_the_class_dependent_layers_stay_at_init(model, caplog):
+    source = build_detector(model, backbone="resnet18-fpn", num_classes=91, min_size=64, max_size=64)
+    with caplog.at_level("WARNING", logger="resnet_fpn.detectors"):
+        build_detector(model, backbone="resnet18-fpn", num_classes=4, min_size=64, max_size=64,
+                       weights=source.state_dict())
+    assert [r.getMessage().split(" are left")[0] for r in caplog.records] == [
+        f"weights state dict: the class-dependent layers {CLASS_LAYERS[model]}"]
+
+
+def test_detector_weights_of_another_backbone_are_refused(tmp_path):
+    # Was: 23 warnings, and a detector with a random backbone.
+    path = tmp_path / "r18_frcnn.pth"
+    torch.save(build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=4).state_dict(), path)
+    with pytest.raises(ValueError, match=r"weights .*r18_frcnn\.pth do not fit faster_rcnn on resnet50-fpn: 27 of "
+                                         r"another shape \(checkpoint vs model\) \[backbone\.body\.layer1\.0\."
+                                         r"conv1\.weight \(64, 64, 3, 3\) vs \(64, 64, 1, 1\), .*\]; 165 missing from "
+                                         r"the checkpoint "
+                                         r"\[backbone\.body\.layer1\.0\.bn3\.bias, .*\]\. Only the class-dependent "
+                                         r"predictor layers .* may differ"):
+        build_detector("faster_rcnn", backbone="resnet50-fpn", num_classes=4, weights=path)
+
+
+@pytest.mark.parametrize(
+    "source, target, match",
+    [
+        (dict(model="mask_rcnn"), dict(model="faster_rcnn"),
+         r"12 not in the model \[roi_heads\.mask_head\.0\.0\.bias, .*\]\..*pass it as backbone_weights"),
+        (dict(model="faster_rcnn"), dict(model="faster_rcnn", box_head_dim=256),
+         r"4 of another shape \(checkpoint vs model\) \[roi_heads\.box_head\.fc6\.weight \(1024, 12544\) vs "
+         r"\(256, 12544\), "),
+        (dict(model="fcos"), dict(model="retinanet"),
+         r"do not fit retinanet on resnet18-fpn: 2 of another shape \(checkpoint vs model\) \[head\.regression_head\."
+         r"bbox_reg\.weight \(4, 256, 3, 3\) vs \(36, 256, 3, 3\), .*\]; 16 missing from the checkpoint .*; 34 not in "
+         r"the model"),
+        (dict(model="faster_rcnn"), dict(model="faster_rcnn", fpn_channels=128),
+         r"of another shape \(checkpoint vs model\) \[backbone\.fpn\.inner_blocks\.0\.0\.weight \(256, 64, 1, 1\) vs "
+         r"\(128, 64, 1, 1\)"),
+    ],
+    ids=["mask-into-faster", "box-head-width", "fcos-into-retinanet", "fpn-width"],
+)
+def test_any_difference_beyond_the_class_layers_is_refused(source, target, match):
+    weights = build_detector(backbone="resnet18-fpn", num_classes=4, **source).state_dict()
+    with pytest.raises(ValueError, match=match):
+        build_detector(backbone="resnet18-fpn", num_classes=4, weights=weights, **target)
+
+
+def test_backbone_checkpoint_given_as_detector_weights_points_to_backbone_weights():
+    import torchvision
+
+    with pytest.raises(ValueError, match=r"30 missing from the checkpoint \[backbone\.fpn\..*\]; 2 not in the model "
+                                         r"\[fc\.bias, fc\.weight\]\..*pass it as backbone_weights"):
+        build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=4,
+                       weights=torchvision.models.resnet18(weights=None).state_dict())

@@ -112,6 +112,24 @@ def test_missing_checkpoint_is_named(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys, fmt):
+    # Was: a RuntimeError traceback from torch.jit.save (/proc), "[Errno 17] File exists: ..." (a file in the way).
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cases = [(blocker / "m.out", f"cannot write {blocker / 'm.out'}: {blocker} is a file, not a folder\n"),
+             (tmp_path, f"cannot write {tmp_path}: it is a folder; give a file name\n")]
+    if Path("/proc/self").is_dir():  # Linux: a virtual file system where no file can be created
+        cases.append((Path("/proc/m.out"), "cannot write /proc/m.out: cannot create a file in /proc ("))
+    for out, message in cases:
+        assert _export_cli(["--backbone", "resnet18-fpn", "--format", fmt, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"resnet-fpn export: error: {message}") and err.count("\n") == 1, err
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_bad_export_options(tmp_path):
     backbone = build_backbone("resnet18-fpn").eval()
     with pytest.raises(ValueError, match=r"opset must be an int >= 11"):

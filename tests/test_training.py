@@ -7,15 +7,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from resnet_fpn.checkpoint import detector_from_checkpoint
 from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn import evaluate_checkpoint
-from resnet_fpn.training import config_from_dict, load_config, train
+from resnet_fpn.cli import main
+from resnet_fpn.training import DataConfig, OptimConfig, TrainerConfig, config_from_dict, load_config, train
 from resnet_fpn.training.module import DetectionModule, lr_lambda, parameter_groups
 
 from conftest import REPO
@@ -68,6 +71,111 @@ def test_overrides_and_yaml_errors(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match=r"config file not found: .*missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------ values: types and ranges, YAML 1.1 strings
+def test_yaml_numbers_written_as_strings_are_read_as_numbers(tmp_path):
+    path = tmp_path / "strings.yaml"
+    path.write_text("optim: {lr: 1e-3}\ntrainer: {max_steps: '2', max_epochs: 1e5, precision: 32}\n"
+                    "data: {batch_size: '4'}\n"
+                    "model: {freeze_at: \"2\", min_size: ['640', 672.0], score_thresh: '0.3'}\n")
+    raw = yaml.safe_load(path.read_text())
+    # PyYAML is YAML 1.1: without a dot, no float.
+    assert raw["optim"]["lr"] == "1e-3" and raw["trainer"]["max_epochs"] == "1e5"
+    config = load_config(path)
+    values = [config.optim.lr, config.trainer.max_steps, config.trainer.max_epochs, config.data.batch_size,
+              config.model["freeze_at"], config.model["min_size"], config.model["score_thresh"],
+              config.trainer.precision]
+    assert values == [0.001, 2, 100000, 4, 2, [640, 672], 0.3, 32]
+    assert [type(v) for v in values[:5]] == [float, int, int, int, int]
+    # config.yaml (written with yaml.safe_dump) keeps them as numbers.
+    assert yaml.safe_load(yaml.safe_dump(config.to_dict()))["model"]["min_size"] == [640, 672]
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"optim": {"lr": -0.1}}, r"^config\.optim\.lr must be a number > 0, got -0\.1$"),
+        ({"optim": {"lr": "fast"}}, r"^config\.optim\.lr must be a number > 0, got 'fast'$"),
+        ({"optim": {"momentum": 1.5}}, r"^config\.optim\.momentum must be a number in \[0, 1\], got 1\.5$"),
+        ({"trainer": {"max_steps": 2.5}}, r"^config\.trainer\.max_steps must be an integer >= 1, got 2\.5$"),
+        ({"trainer": {"max_steps": True}}, r"^config\.trainer\.max_steps must be an integer >= 1, got True$"),
+        ({"trainer": {"max_epochs": 0}}, r"^config\.trainer\.max_epochs must be null or an integer >= 1, got 0$"),
+        ({"trainer": {"gradient_clip_val": ".inf"}}, r"gradient_clip_val must be null or a number > 0, got '\.inf'$"),
+        ({"trainer": {"eval_backend": "coco"}}, r"^config\.trainer\.eval_backend must be one of \('pycocotools', "),
+        ({"data": {"batch_size": "4x"}}, r"^config\.data\.batch_size must be an integer >= 1, got '4x'$"),
+        ({"data": {"num_workers": -1}}, r"^config\.data\.num_workers must be an integer >= 0, got -1$"),
+        ({"data": {"synthetic": {"image_size": [96, 0]}}},
+         r"^config\.data\.synthetic\.image_size must be a list of integers >= 1, got \[96, 0\]$"),
+        ({"data": {"root": 2024}}, r"^config\.data\.root must be null or a string, got 2024 \(YAML read a number: "
+                                   r"quote it, '2024', to give a string\)$"),
+        ({"model": {"freeze_at": "7"}}, r"^config\.model\.freeze_at must be null or an integer in \[0, 5\], got '7'$"),
+        ({"model": {"norm": "batchnorm"}}, r"^config\.model\.norm must be one of \('auto', 'frozen_bn', 'bn', "
+                                           r"'sync_bn', 'gn'\), got 'batchnorm'$"),
+        ({"model": {"score_thresh": 1.5}}, r"^config\.model\.score_thresh must be a number in \[0, 1\], got 1\.5$"),
+        ({"model": {"min_size": [640, "big"]}},
+         r"^config\.model\.min_size must be an integer >= 1 or a list of integers >= 1, got \[640, 'big'\]$"),
+        ({"model": {"anchor_sizes": "32"}}, r"^config\.model\.anchor_sizes must be null or a list of integers >= 1"),
+        ({"model": {"backbone": "resnet50fpn"}},
+         r"^config\.model\.backbone: unknown backbone 'resnet50fpn'\. Did you mean 'resnet50-fpn'"),
+        ({"model": {"model": "mask_rnn"}}, r"^config\.model\.model must be one of \('faster_rcnn', 'mask_rcnn', "),
+    ],
+)
+def test_values_are_checked_by_type_and_range_naming_the_key(data, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(data)
+
+
+def test_a_recipe_file_and_a_flag_are_named_in_errors(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("optim: {lr: 0}\n")
+    with pytest.raises(ValueError, match=r"^.*recipe\.yaml: optim\.lr must be a number > 0, got 0$"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"^--max-steps \(trainer\.max_steps\) must be an integer >= 1, got -5$"):
+        load_config(overrides={"trainer.max_steps": -5}, override_names={"trainer.max_steps": "--max-steps"})
+
+
+def test_every_numeric_option_declares_its_range():
+    import dataclasses
+    import typing
+
+    from resnet_fpn.detectors import build_detector
+    from resnet_fpn.training.config import MODEL_KEYS, MODEL_RANGES, SyntheticConfig, TrainConfig
+
+    def numeric(annotation) -> bool:
+        return annotation in (int, float) or any(numeric(a) for a in typing.get_args(annotation))
+
+    # devices: Lightning's own forms (-1 for every GPU, a list of ids); Lightning checks them when the Trainer is built.
+    classes = (SyntheticConfig, DataConfig, OptimConfig, TrainerConfig, TrainConfig)
+    unchecked = [f"{cls.__name__}.{f.name}" for cls in classes for f in dataclasses.fields(cls)
+                 if numeric(typing.get_type_hints(cls)[f.name])
+                 and not (f.metadata.get("range") or f.metadata.get("choices"))]
+    assert unchecked == ["TrainerConfig.devices"]
+    hints = typing.get_type_hints(build_detector)
+    assert [k for k in MODEL_KEYS if numeric(hints[k]) and k not in MODEL_RANGES] == []
+
+
+def test_cli_flags_go_through_the_same_checks(tmp_path, capsys):
+    # Was: the data set and the model were built, then Lightning's message.
+    status = main(["train", "--max-steps", "-5", "--output-dir", str(tmp_path / "run")])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "resnet-fpn train: error: --max-steps (trainer.max_steps) must be an integer >= 1, got -5\n")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_is_one_line_before_any_data(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    status = main(["train", "--config", str(cfg), "--accelerator", "gpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "resnet-fpn train: error: Lightning cannot run trainer.accelerator='gpu', devices=1, strategy='auto', "
+        "num_nodes=1, precision='32-true' on this machine: ")
+    assert err.endswith(" (--accelerator cpu runs anywhere)\n")
+    assert not (tmp_path / "cache").exists()  # stopped before the data set was generated
 
 
 def test_profile_step_times_data_and_steps_and_lists_operators(tmp_path):
@@ -133,6 +241,99 @@ def tiny_config(tmp_path: Path, **data) -> dict:
         "output_dir": str(tmp_path / "run"),
         "num_pictures": 2,
     }
+
+
+# ------------------------------------------------------------------------ unreadable checkpoints, resume
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A real 2-step run of the tiny config (checkpoints/last.ckpt and best.ckpt, both at step 2): (folder, config)."""
+    folder = tmp_path_factory.mktemp("two_step")
+    config = tiny_config(folder)
+    config["model"]["fpn_channels"] = 32
+    config["trainer"].update(max_steps=2, val_every_n_steps=2, checkpoint_every_n_steps=2)
+    config["num_pictures"] = 0
+    train(config_from_dict(config))
+    return folder, config
+
+
+def truncate(path: Path) -> Path:
+    """Keep the first half of `path`: what a full disk or an interrupted copy leaves."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def copy_run(two_step_run, tmp_path: Path) -> Tuple[Path, dict]:
+    import shutil
+
+    folder, config = two_step_run
+    shutil.copytree(folder / "run", tmp_path / "run")
+    return tmp_path / "run", {**config, "output_dir": str(tmp_path / "run")}
+
+
+def test_resume_from_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_one(two_step_run, tmp_path, caplog):
+    # Was: a RuntimeError traceback from torch.load, after the data and the model were built.
+    run, config = copy_run(two_step_run, tmp_path)
+    last, best = truncate(run / "checkpoints" / "last.ckpt"), run / "checkpoints" / "best.ckpt"
+    config["trainer"] = {**config["trainer"], "max_steps": 3}
+    with caplog.at_level("WARNING", logger="resnet_fpn.training.run"):
+        result = train(config_from_dict(config), resume=True)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "resnet_fpn.training.run"]
+    assert len(warnings) == 1
+    message = warnings[0]
+    assert message.startswith(f"cannot resume from the last checkpoint: could not read checkpoint {last} (")
+    assert message.endswith(f"; resuming from {best} (step 2), the newest readable checkpoint")
+    # The unreadable file is replaced by a complete one as the run goes on, and the run ends as usual.
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert math.isfinite(result["metrics"]["bbox"]["AP"])
+
+
+def test_resume_with_no_readable_checkpoint_names_the_files_to_remove(two_step_run, tmp_path, capsys):
+    run, config = copy_run(two_step_run, tmp_path)
+    last, best = truncate(run / "checkpoints" / "last.ckpt"), truncate(run / "checkpoints" / "best.ckpt")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(cfg), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"resnet-fpn train: error: cannot resume: no checkpoint in {run / 'checkpoints'} can be read (could not "
+        f"read checkpoint {last} ({last.stat().st_size} bytes; truncated or corrupt?): RuntimeError: ")
+    assert err.endswith(f"). Remove {last} {best} and run again without --resume to start over\n")
+
+
+def test_resume_from_a_named_checkpoint_that_cannot_be_used(two_step_run, tmp_path):
+    from resnet_fpn.training import find_resume_checkpoint
+
+    run, _ = copy_run(two_step_run, tmp_path)
+    assert find_resume_checkpoint(run, True).step == 2
+    last = truncate(run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=rf"^could not read checkpoint {last} \(\d+ bytes; truncated or corrupt\?\)"):
+        find_resume_checkpoint(run, str(last))  # a file named by the user: no fallback
+    weights_only = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, weights_only)
+    with pytest.raises(ValueError, match=r"weights\.ckpt is not a training checkpoint of Lightning .* give it as "
+                                         r"model\.weights \(--weights\) instead"):
+        find_resume_checkpoint(run, str(weights_only))
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "infer"])
+def test_a_truncated_checkpoint_is_one_line_in_every_command(two_step_run, tmp_path, capsys, command):
+    folder, _ = two_step_run
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes((folder / "run" / "checkpoints" / "last.ckpt").read_bytes())
+    truncate(bad)
+    data_root = next((folder / "cache").iterdir())
+    argv = {
+        "export": ["export", "--checkpoint", str(bad), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+        "eval": ["eval", "--checkpoint", str(bad), "--data-root", str(data_root)],
+        "infer": ["infer", "--checkpoint", str(bad), "--images", str(data_root / "images"),
+                  "--out", str(tmp_path / "p")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"resnet-fpn {command}: error: could not read checkpoint {bad} ({bad.stat().st_size} bytes; truncated or "
+        f"corrupt?): RuntimeError: PytorchStreamReader failed")
 
 
 def check_metrics_layout(metrics: dict, iou_types, names):

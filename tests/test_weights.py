@@ -127,3 +127,20 @@ def test_not_a_state_dict():
         read_state_dict({"epoch": 1, "note": "hello"})
     with pytest.raises(TypeError, match=r"weights must be a path, a URL or a state dict, got int"):
         read_state_dict(3)
+
+
+def test_report_says_where_unexpected_tensors_would_have_gone():
+    from torchvision.models.detection import FasterRCNN
+
+    from resnet_fpn import build_backbone
+
+    deeper = torchvision.models.resnet34(weights=None).state_dict()
+    report = load_weights(build_backbone("resnet18-fpn"), deeper, strict=False)
+    assert report.unexpected_targets["layer3.5.conv1.weight"] == "body.layer3.5.conv1.weight"
+    assert report.unexpected_targets["fc.weight"] == "body.fc.weight"
+    assert set(report.unexpected_targets) == set(report.unexpected)
+    # A detection checkpoint aligns on backbone.*: its heads are outside the aligned part, so no target.
+    detection = FasterRCNN(build_backbone("resnet18-fpn"), num_classes=3).state_dict()
+    report = load_weights(build_backbone("resnet18-fpn"), detection, strict=False)
+    assert report.missing == [] and any(k.startswith("rpn.") for k in report.unexpected)
+    assert report.unexpected_targets == {}

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from torch import nn
 
@@ -14,7 +15,7 @@ from .fpn import FPNBackbone, check_top_block
 from .norms import resolve_norm_and_freeze
 from .timm_features import TimmFeatures
 
-__all__ = ["build_backbone", "list_backbones", "register_backbone", "BackboneFactory"]
+__all__ = ["build_backbone", "check_backbone_name", "list_backbones", "register_backbone", "BackboneFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,98 @@ def list_backbones() -> List[str]:
     return list(_REGISTRY)
 
 
-def _load_into_backbone(model: nn.Module, weights: WeightsSource) -> None:
-    """Load weights, requiring every body tensor; the FPN may stay at its init (ImageNet checkpoints)."""
+def check_backbone_name(name: object) -> str:
+    """Check a backbone name without building anything (what a training config does before it starts).
+
+    Args:
+        name: a name of ``list_backbones()``, or ``timm:<model>`` / ``timm:<model>-fpn`` (the timm model itself
+            is looked up when built).
+
+    Returns:
+        `name`.
+
+    Raises:
+        TypeError: `name` is not a string.
+        ValueError: an unknown name; the message suggests the closest names and lists all.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backbone name must be a str, got {type(name).__name__} {name!r}")
+    if name.startswith("timm:") or name in _REGISTRY:
+        return name
+    raise ValueError(
+        f"unknown backbone {name!r}.{suggest_names(name, list(_REGISTRY))} "
+        f"Valid names: {', '.join(_REGISTRY)}, or 'timm:<model>' / 'timm:<model>-fpn'"
+    )
+
+
+def _natural(key: str) -> list:
+    """Sort key that puts ``layer3.10`` after ``layer3.9``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _modules_listed(names: Iterable[str], limit: int = 8) -> str:
+    shown = sorted(set(names), key=_natural)
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
+
+
+def _first_absent(key: str, present: set) -> str:
+    """The first module on `key`'s path that is not in `present` (``body.layer3.5`` for
+    ``body.layer3.5.conv1.weight`` when ``present`` holds the modules of a ResNet-18), else `key` itself."""
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n])
+        if prefix not in present:
+            return prefix
+    return key
+
+
+def _prefixes_of(keys) -> set:
+    return {".".join(key.split(".")[:n]) for key in keys for n in range(1, key.count(".") + 1)}
+
+
+def _load_into_backbone(model: nn.Module, weights: WeightsSource, *, name: str, stages: nn.Module) -> None:
+    """Load `weights` into a backbone: every body tensor must be found, and no body tensor may be left over.
+
+    The checkpoint's other parts are legitimately unused and logged: an ImageNet classifier's ``fc``/``head``,
+    a detection checkpoint's ``rpn``/``roi_heads``/``head``, stages the backbone does not build (``out_features``),
+    FPN levels of another top block. The FPN may stay at its init (ImageNet checkpoints have none).
+
+    Args:
+        model: the backbone (a body, or an `FPNBackbone` around one).
+        weights: a path, URL or state dict (see `load_weights`).
+        name: the backbone's name, for messages.
+        stages: the module whose children are the body's stem and stages (`ResNetFeatures` itself, the timm
+            model inside `TimmFeatures`). A checkpoint tensor that aligns under one of them but that the model
+            lacks (``layer3.5.*`` of a ResNet-34 in a ResNet-18, ``layer1.0.se.*`` of an SE-ResNet in a ResNet)
+            is a body tensor of another architecture.
+
+    Raises:
+        ValueError: body tensors unset by the checkpoint, or checkpoint body tensors the model lacks (the
+            modules and an example tensor named); a shape mismatch (from `load_weights`).
+    """
     report = load_weights(model, weights, strict=False)
+    prefix = next(n for n, m in model.named_modules() if m is stages)
+    prefix = f"{prefix}." if prefix else ""
     body_missing = [k for k in report.missing if not k.startswith("fpn.")]
     if body_missing:
+        loaded = _prefixes_of(report.loaded)
+        unset = [_first_absent(k, loaded) for k in body_missing]
         raise ValueError(
-            f"weights {report.source} leave {len(body_missing)} backbone tensors unset, e.g. {body_missing[:5]}; "
-            f"is the checkpoint for another architecture?"
+            f"weights {report.source} leave {len(body_missing)} backbone tensors of {name} unset, in "
+            f"{_modules_listed(u[len(prefix):] if u.startswith(prefix) else u for u in unset)} "
+            f"(e.g. {next(k for k in model.state_dict() if k in body_missing)}); is the checkpoint for another "
+            f"architecture?"
+        )
+    children = {n for n, _ in stages.named_children()}
+    lacking = {key: target for key, target in report.unexpected_targets.items()
+               if target.startswith(prefix) and target[len(prefix):].split(".")[0] in children}
+    if lacking:
+        modules = {n for n, _ in model.named_modules()}
+        absent = [_first_absent(target, modules)[len(prefix):] for target in lacking.values()]
+        raise ValueError(
+            f"weights {report.source} hold {len(lacking)} backbone tensors that {name} does not have, in "
+            f"{_modules_listed(absent)} (e.g. {next(iter(lacking))}); is the checkpoint for "
+            f"another architecture (a deeper ResNet, SE blocks, another stem)?"
         )
     fpn_missing = len(report.missing) - len(body_missing)
     if fpn_missing:
@@ -77,7 +162,7 @@ def _resnet_factory(variant_name: str, *, with_fpn: bool, weights, norm, freeze_
     body = ResNetFeatures(get_variant(variant_name), out_features=out_features, norm=norm)
     model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
     if weights is not None:
-        _load_into_backbone(model, weights)
+        _load_into_backbone(model, weights, name=f"{variant_name}-fpn" if with_fpn else variant_name, stages=body)
     body.freeze(freeze_at)  # after loading, so frozen BN copies the loaded statistics
     return model
 
@@ -92,7 +177,8 @@ def _timm_factory(model_name: str, *, with_fpn: bool, weights, norm, freeze_at, 
     body = TimmFeatures(model_name, out_features=out_features, norm=norm)
     model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
     if weights is not None:
-        _load_into_backbone(model, weights)
+        _load_into_backbone(model, weights, name=f"timm:{model_name}{'-fpn' if with_fpn else ''}",
+                            stages=body.model)
     body.freeze(freeze_at)
     return model
 
@@ -135,8 +221,7 @@ def build_backbone(
         >>> from torchvision.models.detection import FasterRCNN
         >>> model = FasterRCNN(build_backbone("resnet50-fpn"), num_classes=91)
     """
-    if not isinstance(name, str):
-        raise TypeError(f"backbone name must be a str, got {type(name).__name__} {name!r}")
+    check_backbone_name(name)
     resolved_norm, resolved_freeze = resolve_norm_and_freeze(norm, freeze_at, pretrained=weights is not None)
     check_top_block(top_block)
     if out_features is None:
@@ -147,9 +232,4 @@ def build_backbone(
         model_name = name[len("timm:"):]
         with_fpn = model_name.endswith("-fpn")
         return _timm_factory(model_name[: -len("-fpn")] if with_fpn else model_name, with_fpn=with_fpn, **options)
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown backbone {name!r}.{suggest_names(name, list(_REGISTRY))} "
-            f"Valid names: {', '.join(_REGISTRY)}, or 'timm:<model>' / 'timm:<model>-fpn'"
-        )
     return _REGISTRY[name](**options)

@@ -76,9 +76,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the recipe with the flags over it, train, evaluate; 0 on success."""
+    """Load the recipe with the flags over it (checked as the recipe is), train, evaluate.
+
+    Args:
+        args: parsed arguments (see `add_arguments`).
+
+    Returns:
+        0 on success.
+
+    Raises:
+        ValueError: a bad value in the recipe or a flag (the key or flag named), bad data, weights that do not
+            fit, hardware settings Lightning refuses, no readable checkpoint to resume from.
+        FileNotFoundError: a missing recipe, data or checkpoint file.
+    """
     from ..training import load_config, train  # Lightning is imported only by the commands that need it
 
     overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items()}
-    train(load_config(args.config, overrides=overrides), resume=args.resume)
+    # Flags go through the recipe's checks; an error names the flag: "--max-steps (trainer.max_steps) must be ...".
+    flags = {key: "--" + dest.replace("_", "-") for dest, key in OVERRIDES.items()}
+    train(load_config(args.config, overrides=overrides, override_names=flags), resume=args.resume)
     return 0

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..detectors import is_detector
+from ..files import atomic_path
 from .optimize import fold_batchnorm, model_device
 
 __all__ = [
@@ -272,7 +273,7 @@ def export_onnx(
 
     Args:
         model: a backbone (dict of feature maps, or a tensor) or a detector of `is_detector`; set to eval mode.
-        path: output ``.onnx`` file (its folder is created).
+        path: output ``.onnx`` file (its folder is created; written atomically, after ``onnx.checker``).
         example_size: (height, width) of the example input the exporter traces with; with ``dynamic=False``
             the only size the file accepts.
         opset: ONNX opset (>= 11, torchvision's detectors need RoIAlign and NonMaxSuppression).
@@ -286,13 +287,20 @@ def export_onnx(
         ImportError: onnx or onnxruntime is missing (the message says what to install).
         ValueError: bad `example_size` or `opset`.
         TypeError: a backbone whose output is neither a dict of tensors nor a tensor.
+        OSError: `path` cannot be written (a folder, a file in its way, no permission); the path named.
     """
     onnx, _ = require_onnx()
     size = check_size("example_size", example_size)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:  # an unwritable path fails here, before the export's work
+        return _export_onnx(model, path, tmp, onnx=onnx, size=size, opset=opset, dynamic=dynamic)
+
+
+def _export_onnx(model: nn.Module, path: Path, tmp: Path, *, onnx, size: Tuple[int, int], opset: int,
+                 dynamic: bool) -> ExportedModel:
+    """`export_onnx` into `tmp` (renamed to `path` by the caller once the file passed onnx.checker)."""
     model.eval()
     kind = "detector" if is_detector(model) else "backbone"
     example = _example_input(kind, size, model_device(model))
@@ -315,14 +323,14 @@ def export_onnx(
         torch.onnx.export(
             wrapper,
             (example,),
-            str(path),
+            str(tmp),
             dynamo=False,
             opset_version=opset,
             input_names=[input_name],
             output_names=names,
             dynamic_axes=axes or None,
         )
-    onnx.checker.check_model(str(path))
+    onnx.checker.check_model(str(tmp))
     return ExportedModel(
         path=path,
         format="onnx",
@@ -352,7 +360,7 @@ def export_torchscript(
     Args:
         model: a backbone or a detector of `is_detector`; set to eval mode. A detector is copied, the caller's
             module is not changed.
-        path: output file (``.pt``; its folder is created).
+        path: output file (``.pt``; its folder is created; written atomically).
         example_size: (height, width) of the trace input. Any size works afterwards (see the module notes);
             a detector's backbone is traced at this size rounded up to a multiple of 32, as the detector pads.
 
@@ -363,10 +371,20 @@ def export_torchscript(
     Raises:
         ValueError: bad `example_size`.
         RuntimeError: TorchScript cannot compile the detector's heads (torch's message is kept).
+        OSError: `path` cannot be written (a folder, a file in its way, no permission); the path named.
     """
     size = check_size("example_size", example_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:  # an unwritable path fails here, before tracing and scripting
+        exported, module = _torchscript(model, path, size=size)
+        with _exporter_notices_silenced():
+            torch.jit.save(module, str(tmp))
+    return exported
+
+
+def _torchscript(model: nn.Module, path: Path, *,
+                 size: Tuple[int, int]) -> Tuple[ExportedModel, torch.jit.ScriptModule]:
+    """The TorchScript module of `model` and its description (see `export_torchscript`)."""
     model.eval()
     device = model_device(model)
     if is_detector(model):
@@ -390,9 +408,7 @@ def export_torchscript(
             output_names=tuple(_output_names(keys)), output_keys=tuple(keys), dynamic=True,
             exporter="torch.jit.trace (strict=False)",
         )
-    with _exporter_notices_silenced():
-        torch.jit.save(module, str(path))
-    return exported
+    return exported, module
 
 
 def export_model(
@@ -426,6 +442,7 @@ def export_model(
     Raises:
         ValueError: unknown `format`, bad sizes or opset.
         ImportError: ONNX requested without onnx/onnxruntime.
+        OSError: `path` cannot be written; the path and the reason named.
     """
     check_format(format)
     if format == "onnx":

@@ -2,9 +2,9 @@
 from .config import DataConfig, OptimConfig, TrainConfig, TrainerConfig, config_from_dict, load_config
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
-from .run import TrainResult, find_resume_checkpoint, train
+from .run import ResumePoint, TrainResult, find_resume_checkpoint, train
 
 __all__ = [
     "DataConfig", "OptimConfig", "TrainConfig", "TrainerConfig", "config_from_dict", "load_config",
-    "DetectionDataModule", "DetectionModule", "TrainResult", "find_resume_checkpoint", "train",
+    "DetectionDataModule", "DetectionModule", "ResumePoint", "TrainResult", "find_resume_checkpoint", "train",
 ]

@@ -1,31 +1,86 @@
-"""Training configuration: YAML recipes plus command-line overrides, checked key by key."""
+"""Training configuration: YAML recipes plus command-line overrides, checked key by key before anything is built.
+
+Every value is checked against its declaration: the dataclass field types below (and, for the ``model``
+section, the annotations of ``build_detector``), plus the range or choices a field declares in its metadata.
+An error names the key path (``config.optim.lr``, ``recipe.yaml: optim.lr``, or ``--lr (optim.lr)`` for a
+command-line flag), what was expected and what was given.
+
+Numbers written as strings are read as numbers where a number is expected. PyYAML follows YAML 1.1, where a
+float needs a dot: ``lr: 1e-3`` is the *string* "1e-3" (``lr: 1.0e-3`` is a float); so are quoted values
+(``max_steps: '2'``). An integer key also takes a whole number written as a float (``max_steps: 1e5``);
+fractions, booleans, ``.nan`` and ``.inf`` are refused.
+"""
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from ..detectors import build_detector
+from ..backbone import NORMS, check_backbone_name
+from ..detectors import build_detector, list_detectors
+from ..evaluation import BACKENDS
 
-__all__ = ["TrainConfig", "DataConfig", "OptimConfig", "TrainerConfig", "load_config", "config_from_dict"]
+__all__ = ["TrainConfig", "DataConfig", "OptimConfig", "TrainerConfig", "Range", "load_config", "config_from_dict"]
 
 # The model section is build_detector's keyword arguments (and `model`, its first one): nothing repeats them.
 MODEL_KEYS = [p for p in inspect.signature(build_detector).parameters if p != "num_classes"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config value may take (every number of a list value).
+
+    Attributes:
+        low, high: the bounds (None: unbounded).
+        low_open: `low` itself is excluded (``lr > 0``).
+    """
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"<= {self.high:g}" if self.high is not None else ""
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)
+
+
+def _option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
+            within: Optional[Range] = None, choices: Optional[Sequence[str]] = None) -> Any:
+    """A dataclass field declaring the range of its numbers (`within`) or the choices of its value."""
+    return field(default=default, default_factory=factory, metadata={"range": within, "choices": choices})
 
 
 @dataclass
 class SyntheticConfig:
     """The embedded synthetic data set (used when no data root or annotation paths are given)."""
 
-    num_train: int = 400
-    num_val: int = 100
-    image_size: List[int] = field(default_factory=lambda: [160, 160])
-    num_classes: int = 3
-    seed: int = 0
+    num_train: int = _option(400, within=AT_LEAST_1)
+    num_val: int = _option(100, within=AT_LEAST_1)
+    image_size: List[int] = _option(factory=lambda: [160, 160], within=AT_LEAST_1)
+    num_classes: int = _option(3, within=AT_LEAST_1)
+    seed: int = _option(0, within=NON_NEGATIVE)
 
 
 @dataclass
@@ -43,9 +98,9 @@ class DataConfig:
     val_images: Optional[str] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     cache_dir: Optional[str] = None
-    batch_size: int = 2
-    val_batch_size: int = 2
-    num_workers: int = 2
+    batch_size: int = _option(2, within=AT_LEAST_1)
+    val_batch_size: int = _option(2, within=AT_LEAST_1)
+    num_workers: int = _option(2, within=NON_NEGATIVE)
     augment: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "HorizontalFlip", "p": 0.5}])
     aspect_ratio_grouping: bool = True
 
@@ -54,37 +109,38 @@ class DataConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule (linear warm-up, then multi-step, cosine or constant)."""
 
-    name: str = "sgd"
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    weight_decay_norm: float = 0.0
-    warmup_steps: int = 1000
-    warmup_factor: float = 0.001
-    schedule: str = "multistep"
-    steps: List[int] = field(default_factory=lambda: [60000, 80000])
-    gamma: float = 0.1
+    name: str = _option("sgd", choices=("sgd", "adamw"))
+    lr: float = _option(0.02, within=POSITIVE)
+    momentum: float = _option(0.9, within=FRACTION)
+    weight_decay: float = _option(1e-4, within=NON_NEGATIVE)
+    weight_decay_norm: float = _option(0.0, within=NON_NEGATIVE)
+    warmup_steps: int = _option(1000, within=NON_NEGATIVE)
+    warmup_factor: float = _option(0.001, within=FRACTION)
+    schedule: str = _option("multistep", choices=("multistep", "cosine", "constant"))
+    steps: List[int] = _option(factory=lambda: [60000, 80000], within=AT_LEAST_1)
+    gamma: float = _option(0.1, within=POSITIVE)
 
 
 @dataclass
 class TrainerConfig:
     """What Lightning's Trainer is given."""
 
-    max_steps: int = 90000
-    max_epochs: Optional[int] = None
-    val_every_n_steps: Optional[int] = None
-    checkpoint_every_n_steps: int = 5000
+    max_steps: int = _option(90000, within=AT_LEAST_1)
+    max_epochs: Optional[int] = _option(None, within=AT_LEAST_1)
+    val_every_n_steps: Optional[int] = _option(None, within=AT_LEAST_1)
+    checkpoint_every_n_steps: int = _option(5000, within=AT_LEAST_1)
     accelerator: str = "auto"
     devices: Union[int, str, List[int]] = "auto"
     strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
+    num_nodes: int = _option(1, within=AT_LEAST_1)
+    # YAML reads `precision: 32` as an int; Lightning takes both.
+    precision: Union[str, int] = _option("32-true", choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"))
     # Convolutions in NHWC (torch.channels_last): faster on CPU (oneDNN) and on tensor-core GPUs (cuDNN).
     channels_last: bool = False
-    seed: int = 42
-    log_every_n_steps: int = 20
-    gradient_clip_val: Optional[float] = None
-    eval_backend: str = "pycocotools"
+    seed: int = _option(42, within=NON_NEGATIVE)
+    log_every_n_steps: int = _option(20, within=AT_LEAST_1)
+    gradient_clip_val: Optional[float] = _option(None, within=POSITIVE)
+    eval_backend: str = _option("pycocotools", choices=BACKENDS)
 
 
 @dataclass
@@ -96,66 +152,257 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "outputs/run"
-    num_pictures: int = 8
+    num_pictures: int = _option(8, within=NON_NEGATIVE)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 
 
-def _build(cls, data: Any, where: str):
-    """Instantiate dataclass `cls` from a mapping, refusing unknown keys (named with their place)."""
+# The model section's numbers and names, checked before build_detector runs (its annotations give the types).
+MODEL_RANGES: Dict[str, Range] = {
+    "freeze_at": Range(0, 5),
+    "fpn_channels": AT_LEAST_1,
+    "min_size": AT_LEAST_1,
+    "max_size": AT_LEAST_1,
+    "anchor_sizes": AT_LEAST_1,
+    "rpn_batch_size_per_image": AT_LEAST_1,
+    "rpn_pre_nms_top_n_train": AT_LEAST_1,
+    "rpn_post_nms_top_n_train": AT_LEAST_1,
+    "rpn_pre_nms_top_n_test": AT_LEAST_1,
+    "rpn_post_nms_top_n_test": AT_LEAST_1,
+    "box_batch_size_per_image": AT_LEAST_1,
+    "box_head_dim": AT_LEAST_1,
+    "mask_head_dim": AT_LEAST_1,
+    "score_thresh": FRACTION,
+    "detections_per_img": AT_LEAST_1,
+}
+MODEL_CHOICES: Dict[str, Tuple[str, ...]] = {"model": tuple(list_detectors()), "norm": tuple(NORMS)}
+
+
+class _Mismatch(Exception):
+    """A value that does not conform to an annotation (turned into a ValueError naming the key)."""
+
+
+def _number(value: Any, *, integer: bool, coerce: bool) -> Union[int, float]:
+    """`value` as an int or float; with `coerce`, also a numeric string, and a whole float for an int."""
+    if isinstance(value, bool):
+        raise _Mismatch
+    number: Union[int, float]
+    if isinstance(value, str):
+        if not coerce:
+            raise _Mismatch
+        try:
+            number = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                raise _Mismatch from None
+    elif isinstance(value, (int, float)):
+        number = value
+    else:
+        raise _Mismatch
+    if isinstance(number, float) and not math.isfinite(number):
+        raise _Mismatch
+    if not integer:
+        return float(number)
+    if isinstance(number, float):
+        if not (coerce and number.is_integer()):
+            raise _Mismatch
+        number = int(number)
+    return number
+
+
+def _conform(value: Any, annotation: Any, rng: Optional[Range], *, coerce: bool) -> Any:
+    """`value` checked against `annotation` (and each number against `rng`); raises `_Mismatch`."""
+    if annotation is Any:
+        return value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        for passing_coerce in (False, True) if coerce else (False,):  # an exact match wins over a conversion
+            for member in args:
+                try:
+                    return _conform(value, member, rng, coerce=passing_coerce)
+                except _Mismatch:
+                    pass
+        raise _Mismatch
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if annotation in (int, float):
+        number = _number(value, integer=annotation is int, coerce=coerce)
+        if rng is not None and number not in rng:
+            raise _Mismatch
+        return number
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        item = args[0] if args else Any
+        # YAML has no tuples: a list stays a list (config.yaml is written with yaml.safe_dump).
+        return [_conform(v, item, rng, coerce=coerce) for v in value]
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Mismatch
+    if isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        raise _Mismatch
+    raise TypeError(f"config checks do not know the annotation {annotation!r}")
+
+
+_NOUNS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), os.PathLike: ("a path", "paths")}
+
+
+def _describe(annotation: Any, rng: Optional[Range], *, plural: bool = False) -> str:
+    """What `_conform` accepts, in words: "an integer >= 1", "null or a number > 0", "a list of integers"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        words = [_describe(m, rng, plural=plural) for m in args if m is not type(None)]
+        return " or ".join((["null"] if type(None) in args else []) + words)
+    if annotation in _NOUNS:
+        noun = _NOUNS[annotation][int(plural)]
+        return f"{noun} {rng}" if rng is not None and annotation in (int, float) else noun
+    if origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        return "a list of " + _describe(args[0] if args else Any, rng, plural=True)
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        return "mappings" if plural else "a mapping"
+    if annotation is Any:
+        return "anything"
+    return f"{getattr(annotation, '__name__', annotation)}{'s' if plural else ''}"
+
+
+@dataclass(frozen=True)
+class _Names:
+    """How an error names a key: ``config.optim.lr``, ``recipe.yaml: optim.lr`` or ``--lr (optim.lr)``."""
+
+    where: str
+    flags: Mapping[str, str]
+
+    def __call__(self, path: Tuple[str, ...]) -> str:
+        dotted = ".".join(path)
+        if dotted in self.flags:
+            return f"{self.flags[dotted]} ({dotted})"
+        if self.where == "config":
+            return ".".join(("config",) + path)
+        return f"{self.where}: {dotted}" if dotted else self.where
+
+
+def _check(value: Any, annotation: Any, metadata: Mapping[str, Any], name: str) -> Any:
+    """`value` conformed to `annotation` and the field's range and choices, or a ValueError naming `name`."""
+    rng, choices = metadata.get("range"), metadata.get("choices")
+    try:
+        conformed = _conform(value, annotation, rng, coerce=True)
+    except _Mismatch:
+        takes_str = annotation is str or str in typing.get_args(annotation)
+        hint = ""
+        if takes_str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            hint = f" (YAML read a number: quote it, '{value}', to give a string)"
+        raise ValueError(f"{name} must be {_describe(annotation, rng)}, got {value!r}{hint}") from None
+    if choices is not None and str(conformed) not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return conformed
+
+
+def _build(cls: type, data: Any, path: Tuple[str, ...], names: _Names) -> Any:
+    """Instantiate dataclass `cls` from a mapping: unknown keys refused, every value checked (named with its path)."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping of options, got {type(data).__name__} {data!r}")
+        raise ValueError(f"{names(path)}: expected a mapping of options, got {type(data).__name__} {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+        raise ValueError(f"{names(path)}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for name, value in data.items():
-        default = cls.__dataclass_fields__[name].default_factory  # type: ignore[misc]
-        nested = default() if default is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(nested):
-            kwargs[name] = _build(type(nested), value, f"{where}.{name}")
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, path + (key,), names)
+        elif cls is TrainConfig and key == "model":
+            kwargs[key] = _check_model(value, names)
         else:
-            kwargs[name] = value
+            kwargs[key] = _check(value, hints[key], fields[key].metadata, names(path + (key,)))
     return cls(**kwargs)
 
 
-def config_from_dict(data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
-    """Build and check a `TrainConfig` from a plain dict (a parsed YAML file).
+def _check_model(section: Any, names: _Names) -> Dict[str, Any]:
+    """The model section over its defaults, each key checked against build_detector's annotations."""
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ValueError(
+            f"{names(('model',))}: expected a mapping of options, got {type(section).__name__} {section!r}")
+    model = dict(TrainConfig().model)
+    model.update(section)
+    unknown = sorted(set(map(str, model)) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{names(('model',))}: unknown key(s) {unknown}; valid keys are build_detector's: {MODEL_KEYS}")
+    hints = typing.get_type_hints(build_detector)
+    for key, value in model.items():
+        metadata = {"range": MODEL_RANGES.get(key), "choices": MODEL_CHOICES.get(key)}
+        model[key] = _check(value, hints[key], metadata, names(("model", key)))
+    try:
+        check_backbone_name(model["backbone"])
+    except ValueError as exc:
+        raise ValueError(f"{names(('model', 'backbone'))}: {exc}") from None
+    return model
+
+
+def config_from_dict(data: Mapping[str, Any], *, where: str = "config",
+                     override_names: Optional[Mapping[str, str]] = None) -> TrainConfig:
+    """Build and check a `TrainConfig` from a plain dict (a parsed YAML file), before anything is built.
+
+    Every value is checked against its field's type (the ``model`` section against ``build_detector``'s
+    annotations) and declared range or choices. Numeric strings are read as numbers where a number is expected
+    (YAML 1.1 reads ``1e-3`` as a string); an integer key takes a whole float (``1e5``).
+
+    Args:
+        data: the sections (``model``, ``data``, ``optim``, ``trainer``, ``output_dir``, ``num_pictures``);
+            what is left out keeps its default.
+        where: the source, for messages: "config" names keys ``config.optim.lr``, a file name ``FILE: optim.lr``.
+        override_names: dotted key -> how the user set it (``{"trainer.max_steps": "--max-steps"}``), for messages.
+
+    Returns:
+        The checked `TrainConfig` (numbers converted to their declared types).
 
     Raises:
-        ValueError: an unknown key anywhere (named with its path and the valid keys), or a bad value.
+        ValueError: an unknown key anywhere (named with its path and the valid keys), or a value of the wrong
+            type, out of its range or not one of its choices (the key, what was expected and what was given).
     """
-    config = _build(TrainConfig, data, where)
-    model = dict(TrainConfig().model)
-    model.update(config.model or {})
-    unknown = sorted(set(model) - set(MODEL_KEYS))
-    if unknown:
-        raise ValueError(f"{where}.model: unknown key(s) {unknown}; valid keys are build_detector's: {MODEL_KEYS}")
-    config.model = model
-    if config.optim.name not in OPTIMIZERS:
-        raise ValueError(f"{where}.optim.name must be one of {OPTIMIZERS}, got {config.optim.name!r}")
-    if config.optim.schedule not in SCHEDULES:
-        raise ValueError(f"{where}.optim.schedule must be one of {SCHEDULES}, got {config.optim.schedule!r}")
-    if str(config.trainer.precision) not in PRECISIONS:
-        raise ValueError(f"{where}.trainer.precision must be one of {PRECISIONS}, got {config.trainer.precision!r}")
-    if not isinstance(config.trainer.channels_last, bool):
-        raise ValueError(f"{where}.trainer.channels_last must be true or false, got {config.trainer.channels_last!r}")
+    names = _Names(where, dict(override_names or {}))
+    config = _build(TrainConfig, data, (), names)
+    if "model" not in data:
+        config.model = _check_model({}, names)
     return config
 
 
-def load_config(path: Optional[Union[str, Path]] = None, *, overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
-    """Read a YAML recipe and apply dotted overrides (``{"trainer.max_steps": 100}``; None values skipped).
+def load_config(path: Optional[Union[str, Path]] = None, *, overrides: Optional[Mapping[str, Any]] = None,
+                override_names: Optional[Mapping[str, str]] = None) -> TrainConfig:
+    """Read a YAML recipe, apply dotted overrides and check everything (see `config_from_dict`).
+
+    Args:
+        path: the YAML recipe, or None for the defaults.
+        overrides: ``{"trainer.max_steps": 100}``; None values are skipped. They go through the same checks.
+        override_names: dotted key -> the flag that set it, so that errors name the flag (``--max-steps``).
+
+    Returns:
+        The checked `TrainConfig`.
 
     Raises:
         FileNotFoundError: no such recipe.
-        ValueError: malformed YAML (the file and position), unknown keys, bad values.
+        ValueError: malformed YAML (the file and position), unknown keys, bad values (the key named).
     """
     data: Dict[str, Any] = {}
     if path is not None:
@@ -168,12 +415,18 @@ def load_config(path: Optional[Union[str, Path]] = None, *, overrides: Optional[
             raise ValueError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    where = str(path) if path is not None else "config"
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         node = data
         *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(parents):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                section = ".".join(parents[: depth + 1])
+                raise ValueError(f"{where}: {section} must be a mapping of options, got {node[part]!r}")
+            node = node[part]
         node[leaf] = value
-    return config_from_dict(data, where=str(path) if path is not None else "config")
+    return config_from_dict(data, where=where, override_names=override_names)

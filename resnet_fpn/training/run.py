@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from ..checkpoint import read_checkpoint
 from ..detectors import iou_types_of
 from ..evaluation import format_metrics_table
 from ..files import atomic_write_json
@@ -20,7 +23,7 @@ from .config import TrainConfig
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
 
-__all__ = ["train", "TrainResult", "find_resume_checkpoint"]
+__all__ = ["train", "TrainResult", "ResumePoint", "find_resume_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,9 @@ class ValidationHistory(Callback):
     continues from the history file, so a killed run's curve stays one curve.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, resume: bool) -> None:
         self.path = path
-        self.rows: List[Dict[str, float]] = json.loads(path.read_text()) if path.is_file() else []
+        self.rows: List[Dict[str, float]] = json.loads(path.read_text()) if resume and path.is_file() else []
         self.offset = self.rows[-1]["seconds"] if self.rows else 0.0
         self.start = time.perf_counter()
 
@@ -56,18 +59,81 @@ class ValidationHistory(Callback):
         atomic_write_json(self.path, self.rows, indent=1)
 
 
-def find_resume_checkpoint(output_dir: Union[str, Path], resume: Union[bool, str, None]) -> Optional[str]:
-    """The checkpoint to resume from: an explicit path, or OUTPUT_DIR/checkpoints/last.ckpt for ``True``.
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: a readable training checkpoint and its global step."""
+
+    path: str
+    step: int
+
+
+def _resume_point(path: Path) -> ResumePoint:
+    """Read `path` whole and check that Lightning can resume from it.
 
     Raises:
-        FileNotFoundError: resuming was asked for and no such checkpoint exists.
+        ValueError: the file is truncated or corrupt, or not a training checkpoint (the file named).
+    """
+    ckpt = read_checkpoint(path)
+    step = ckpt.get("global_step")
+    if not isinstance(ckpt.get("state_dict"), Mapping) or "optimizer_states" not in ckpt or not isinstance(step, int):
+        raise ValueError(f"{path} is not a training checkpoint of Lightning (no optimizer state or global_step); "
+                         f"to start a run from its weights, give it as model.weights (--weights) instead")
+    return ResumePoint(str(path), step)
+
+
+def find_resume_checkpoint(output_dir: Union[str, Path], resume: Union[bool, str, None]) -> Optional[ResumePoint]:
+    """The checkpoint to resume from, read whole first: a run never starts from a file it cannot read.
+
+    With ``resume=True``: OUTPUT_DIR/checkpoints/last.ckpt. Lightning writes it atomically, but a full disk or
+    an interrupted copy can still leave it truncated; then the newest readable checkpoint of that folder
+    (``best.ckpt``, step-numbered ones) is used instead, with a warning naming the unreadable file and the step
+    the run goes back to. When none is readable, the run stops and the message names the files to remove.
+
+    Args:
+        output_dir: the run's output folder.
+        resume: True for OUTPUT_DIR/checkpoints, a checkpoint path (used as given, no fallback), or
+            None/False for a fresh run.
+
+    Returns:
+        The `ResumePoint` (path and global step), or None for a fresh run.
+
+    Raises:
+        FileNotFoundError: resuming was asked for and there is no such checkpoint (no checkpoint at all in
+            OUTPUT_DIR/checkpoints for ``True``).
+        ValueError: the given checkpoint cannot be read or is not a training checkpoint; or, for ``True``, no
+            checkpoint of the folder can be read (each named, with what to remove).
     """
     if not resume:
         return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: checkpoint not found: {path}")
-    return str(path)
+    if resume is not True:
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: checkpoint not found: {path}")
+        return _resume_point(path)
+    folder = Path(output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != last.name and p.is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    candidates = ([last] if last.is_file() else []) + others
+    if not candidates:
+        raise FileNotFoundError(f"cannot resume: checkpoint not found: {last}")
+    unreadable: List[Tuple[Path, ValueError]] = []
+    for path in candidates:
+        try:
+            point = _resume_point(path)
+        except ValueError as exc:
+            unreadable.append((path, exc))
+            continue
+        if path != last:
+            why = f"{unreadable[0][1]}" if unreadable else f"{last} not found"
+            log.warning("cannot resume from the last checkpoint: %s; resuming from %s (step %d), the newest "
+                        "readable checkpoint", why, path, point.step)
+        return point
+    files = " ".join(str(p) for p, _ in unreadable)
+    raise ValueError(
+        f"cannot resume: no checkpoint in {folder} can be read ({'; '.join(str(e) for _, e in unreadable)}). "
+        f"Remove {files} and run again without --resume to start over"
+    )
 
 
 def _precision(value: str) -> str:
@@ -75,9 +141,26 @@ def _precision(value: str) -> str:
 
 
 def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[ValidationHistory]) -> L.Trainer:
+    """Lightning's Trainer for `config`: checkpoints (last, best by bbox AP), CSV logs, step-based validation.
+
+    Args:
+        config: the run's configuration (its ``trainer`` section).
+        output_dir: where checkpoints and logs go.
+        history: the AP-vs-time recorder, or None.
+
+    Returns:
+        The Trainer.
+
+    Raises:
+        ValueError: Lightning refuses the hardware settings here (no GPU for ``accelerator: gpu``, more devices
+            than the machine has, ...): its message, with the settings named.
+    """
     t = config.trainer
+    # No version counter: last.ckpt is always the last one (Lightning would write last-v1.ckpt beside a
+    # last.ckpt it did not write itself, e.g. an unreadable one a resumed run went past).
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="step{step:06d}", save_last=True,
-                           save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps, auto_insert_metric_name=False)
+                           save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps, auto_insert_metric_name=False,
+                           enable_version_counter=False)
     best = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val/bbox_AP", mode="max",
                            save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False,
                            enable_version_counter=False)
@@ -85,27 +168,34 @@ def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[Va
     if history is not None:
         callbacks.append(history)
     val_every = t.val_every_n_steps
-    return L.Trainer(
-        default_root_dir=str(output_dir),
-        max_steps=t.max_steps,
-        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=_precision(t.precision),
-        logger=CSVLogger(str(output_dir), name="logs"),
-        callbacks=callbacks,
-        log_every_n_steps=t.log_every_n_steps,
-        # Step-based validation across epochs (detectron2's EVAL_PERIOD); None validates once per epoch.
-        val_check_interval=val_every,
-        check_val_every_n_epoch=None if val_every else 1,
-        num_sanity_val_steps=0,  # a partial COCO evaluation would only cost time
-        gradient_clip_val=t.gradient_clip_val,
-        # Our own samplers handle DDP (DistributedSampler inside the aspect-ratio batch sampler).
-        use_distributed_sampler=False,
-        enable_progress_bar=True,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=str(output_dir),
+            max_steps=t.max_steps,
+            max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
+            precision=_precision(t.precision),
+            logger=CSVLogger(str(output_dir), name="logs"),
+            callbacks=callbacks,
+            log_every_n_steps=t.log_every_n_steps,
+            # Step-based validation across epochs (detectron2's EVAL_PERIOD); None validates once per epoch.
+            val_check_interval=val_every,
+            check_val_every_n_epoch=None if val_every else 1,
+            num_sanity_val_steps=0,  # a partial COCO evaluation would only cost time
+            gradient_clip_val=t.gradient_clip_val,
+            # Our own samplers handle DDP (DistributedSampler inside the aspect-ratio batch sampler).
+            use_distributed_sampler=False,
+            enable_progress_bar=True,
+        )
+    except MisconfigurationException as exc:
+        raise ValueError(
+            f"Lightning cannot run trainer.accelerator={t.accelerator!r}, devices={t.devices!r}, "
+            f"strategy={t.strategy!r}, num_nodes={t.num_nodes}, precision={str(t.precision)!r} on this machine: "
+            f"{exc} (--accelerator cpu runs anywhere)"
+        ) from exc
 
 
 def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> TrainResult:
@@ -118,19 +208,25 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
 
     Args:
         config: the run's configuration (see ``load_config``).
-        resume: True to continue from ``checkpoints/last.ckpt``, or a checkpoint path.
+        resume: True to continue from ``checkpoints/last.ckpt`` (or, when it cannot be read, the newest
+            readable checkpoint there; see `find_resume_checkpoint`), or a checkpoint path.
 
     Returns:
         A `TrainResult` with the final metrics.
 
     Raises:
         ValueError: bad configuration or data (the file and entry are named), e.g. Mask R-CNN on a data set
-            without masks, before any training.
+            without masks, hardware settings Lightning refuses here, or no readable checkpoint to resume from;
+            all before any training.
         FileNotFoundError: missing data or checkpoint files.
     """
     output_dir = Path(config.output_dir)
-    ckpt_path = find_resume_checkpoint(output_dir, resume)
+    resume_point = find_resume_checkpoint(output_dir, resume)
     L.seed_everything(config.trainer.seed, workers=True)
+    history_path = output_dir / "history.json"
+    history = ValidationHistory(history_path, resume=resume_point is not None)
+    # The Trainer first: hardware settings this machine cannot run fail before any data is read.
+    trainer = build_trainer(config, output_dir=output_dir, history=history)
     model_name = config.model["model"]
     datamodule = DetectionDataModule(config.data, with_masks="segm" in iou_types_of(model_name), seed=config.trainer.seed)
     # Setup before the Trainer: num_classes comes from the data, and bad data fails before any training.
@@ -146,19 +242,15 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
         channels_last=config.trainer.channels_last,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    history_path = output_dir / "history.json"
-    if ckpt_path is None and history_path.exists():
+    if resume_point is None and history_path.exists() and trainer.is_global_zero:
         history_path.unlink()  # a fresh run starts a fresh curve
-    history = ValidationHistory(history_path)
-    trainer = build_trainer(config, output_dir=output_dir, history=history)
     if trainer.is_global_zero:
         import yaml
 
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if ckpt_path is not None and trainer.is_global_zero:
-        step = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step")
-        print(f"resuming from {ckpt_path} at step {step}", flush=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if resume_point is not None and trainer.is_global_zero:
+        print(f"resuming from {resume_point.path} at step {resume_point.step}", flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point is not None else None)
 
     # Final evaluation of the model as trained (the last weights), as detectron2's train_net does; skipped
     # when the last validation already ran at the final step (every rank takes the same branch).
