@@ -32,6 +32,13 @@ __all__ = [
     "CocoAnnotations",
     "INSTANCES_KEYS",
     "MASK_THRESHOLD",
+    "MAX_IMAGE_SIDE",
+    "MIN_POLYGON_COORDS",
+    "annotation_entry_problem",
+    "box_is_degenerate",
+    "category_entry_problem",
+    "image_entry_problem",
+    "segmentation_problem",
     "ResultSources",
     "check_instances_json",
     "category_names_by_id",
@@ -54,6 +61,12 @@ INSTANCES_KEYS: Tuple[str, ...] = ("images", "annotations", "categories")
 # torchvision's Mask R-CNN returns mask probabilities; a pixel is foreground above this value (torchvision's
 # own reference evaluation and detectron2 both threshold at 0.5).
 MASK_THRESHOLD = 0.5
+#: A polygon needs 3 points (6 coordinates) to enclose anything; pycocotools even reads a 4-number "polygon"
+#: as a box. Shorter ones are ignored when masks are decoded.
+MIN_POLYGON_COORDS = 6
+#: The largest image side an instances file may give (2**20 px): beyond, a size is a typo, and pycocotools'
+#: masks (C integers, height * width bytes) would overflow.
+MAX_IMAGE_SIDE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -212,26 +225,159 @@ def _segmentation_present(segmentation: Any) -> bool:
     if isinstance(segmentation, dict):
         return "counts" in segmentation and "size" in segmentation
     if isinstance(segmentation, list):
-        return any(isinstance(poly, list) and len(poly) >= 6 for poly in segmentation)
+        return any(isinstance(poly, list) and len(poly) >= MIN_POLYGON_COORDS for poly in segmentation)
     return False
+
+
+def image_entry_problem(index: int, img: Any) -> Optional[str]:
+    """What is wrong with ``images[index]`` of an instances file on its own (not its uniqueness), or None.
+
+    The rule :class:`CocoAnnotations` raises on and the data doctor reports: an object with an integer ``id``,
+    a non-empty string ``file_name`` and ``width``/``height`` that are positive integers (``640.0`` is accepted)
+    up to :data:`MAX_IMAGE_SIDE`.
+
+    Args:
+        index: the entry's position in ``images``.
+        img: the entry.
+
+    Returns:
+        A message naming the entry (``"images[3] has no 'file_name'"``), or None when it is valid.
+    """
+    if not isinstance(img, dict):
+        return f"images[{index}] must be an object, got {img!r}"
+    for key in ("id", "file_name", "width", "height"):
+        if key not in img:
+            return f"images[{index}] (id {img.get('id')!r}) has no {key!r}"
+    image_id = img["id"]
+    if not _is_int(image_id):
+        return f"images[{index}] has a non-integer id {image_id!r}"
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
+        return f"image id {image_id} has file_name {img['file_name']!r}, expected a non-empty string"
+    for key in ("width", "height"):
+        value = img[key]
+        # Some exporters write sizes as floats (640.0); accept those, refuse fractions and the rest.
+        if not _is_real(value) or value <= 0 or float(value) != int(value) or value > MAX_IMAGE_SIDE:
+            return f"image id {image_id} has {key}={value!r}, expected a positive integer (at most {MAX_IMAGE_SIDE})"
+    return None
+
+
+def category_entry_problem(index: int, cat: Any) -> Optional[str]:
+    """What is wrong with ``categories[index]`` on its own (an object with an integer ``id`` and a ``name``).
+
+    Args:
+        index: the entry's position in ``categories``.
+        cat: the entry.
+
+    Returns:
+        A message naming the entry, or None when it is valid.
+    """
+    if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+        return f"categories[{index}] needs an 'id' and a 'name', got {cat!r}"
+    if not _is_int(cat["id"]):
+        return f"categories[{index}] has a non-integer id {cat['id']!r}"
+    return None
+
+
+def annotation_entry_problem(index: int, ann: Any) -> Optional[str]:
+    """What is wrong with ``annotations[index]`` on its own (not its references to images and categories).
+
+    An object with an ``id``, integer ``image_id`` and ``category_id``, a ``bbox`` of 4 finite numbers, a
+    finite ``area`` when it has one and an ``iscrowd`` of 0 or 1 when it has one (COCOeval reads both).
+    The segmentation is checked apart (:func:`segmentation_problem`), since only masks need it.
+
+    Args:
+        index: the entry's position in ``annotations``.
+        ann: the entry.
+
+    Returns:
+        A message naming the entry (by id when it has one), or None when it is valid.
+    """
+    if not isinstance(ann, dict):
+        return f"annotations[{index}] must be an object, got {ann!r}"
+    ann_id = ann.get("id")
+    if ann_id is None:
+        return f"annotations[{index}] has no 'id'"
+    if not _is_int(ann_id):
+        return f"annotations[{index}] has a non-integer id {ann_id!r}"
+    for key in ("image_id", "category_id", "bbox"):
+        if key not in ann:
+            return f"annotation id {ann_id} has no {key!r}"
+    for key in ("image_id", "category_id"):
+        if not _is_int(ann[key]):
+            return f"annotation id {ann_id} has {key} {ann[key]!r}, expected an integer"
+    bbox = ann["bbox"]
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_real(v) for v in bbox):
+        return f"annotation id {ann_id} has bbox {bbox!r}, expected 4 finite numbers [x, y, w, h]"
+    if "area" in ann and not _is_real(ann["area"]):
+        return f"annotation id {ann_id} has area {ann['area']!r}, expected a number"
+    if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
+        return f"annotation id {ann_id} has iscrowd {ann['iscrowd']!r}, expected 0 or 1"
+    return None
+
+
+def box_is_degenerate(bbox: Sequence[float]) -> bool:
+    """Whether a COCO ``[x, y, w, h]`` box has no area (``w <= 0`` or ``h <= 0``): it overlaps nothing.
+
+    Args:
+        bbox: a valid box (see :func:`annotation_entry_problem`).
+
+    Returns:
+        True for a zero or negative width or height.
+    """
+    return bbox[2] <= 0 or bbox[3] <= 0
+
+
+def segmentation_problem(seg: Any, *, height: int, width: int) -> Optional[str]:
+    """What is malformed in a COCO ``segmentation`` of an image of ``height`` x ``width``, or None.
+
+    Accepted: polygons (a list of lists of an even number of finite coordinates; a polygon of fewer than 3
+    points is well formed but empty, see :data:`MIN_POLYGON_COORDS`), an uncompressed RLE
+    (``{"size": [h, w], "counts": [ints >= 0 summing to h * w]}``) or a compressed one (``counts`` a
+    string); an RLE's ``size`` must be the image's. pycocotools would raise a bare TypeError, read past
+    the data or decode another picture on anything else.
+
+    Args:
+        seg: the annotation's ``segmentation`` (present: a missing one is not malformed).
+        height: the image's height in the file.
+        width: the image's width in the file.
+
+    Returns:
+        A message (to follow ``"annotation id N "``), or None.
+    """
+    if isinstance(seg, list):
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list):
+                return f"has segmentation polygon {k} of type {type(poly).__name__}, expected a list of coordinates"
+            if len(poly) % 2:
+                return f"has segmentation polygon {k} with an odd number ({len(poly)}) of coordinates"
+            if not all(_is_real(v) for v in poly):
+                return f"has segmentation polygon {k} with a coordinate that is not a finite number"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+            return f"has an RLE segmentation with size {size!r}, expected [height, width]"
+        if list(size) != [height, width]:
+            return f"has an RLE segmentation of size {list(size)} but its image is {[height, width]} (height, width)"
+        if isinstance(counts, list):
+            if not all(_is_int(v) and v >= 0 for v in counts):
+                return "has an uncompressed RLE whose counts are not all integers >= 0"
+            if sum(counts) != height * width:
+                return f"has an uncompressed RLE whose counts sum to {sum(counts)}, not height * width = {height * width}"
+            return None
+        if not isinstance(counts, (str, bytes)) or not counts:
+            return f"has an RLE segmentation with counts of type {type(counts).__name__}, expected a string or a list"
+        return None
+    return f"has a segmentation of type {type(seg).__name__}, expected polygons (a list) or an RLE (a dict)"
 
 
 def _index_images(entries: List[Any], source: str) -> Dict[int, Dict[str, Any]]:
     images: Dict[int, Dict[str, Any]] = {}
     for index, img in enumerate(entries):
-        if not isinstance(img, dict):
-            raise ValueError(f"{source}: images[{index}] must be an object, got {img!r}")
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise ValueError(f"{source}: images[{index}] (id {img.get('id')!r}) has no {key!r}")
+        problem = image_entry_problem(index, img)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
         image_id = img["id"]
-        if not _is_int(image_id):
-            raise ValueError(f"{source}: images[{index}] has a non-integer id {image_id!r}")
-        for key in ("width", "height"):
-            value = img[key]
-            # Some exporters write sizes as floats (640.0); accept those, refuse fractions and the rest.
-            if not _is_real(value) or value <= 0 or float(value) != int(value):
-                raise ValueError(f"{source}: image id {image_id} has {key}={value!r}, expected a positive integer")
         if image_id in images:
             raise ValueError(f"{source}: image id {image_id} appears twice in 'images'")
         images[image_id] = img
@@ -241,11 +387,10 @@ def _index_images(entries: List[Any], source: str) -> Dict[int, Dict[str, Any]]:
 def _index_categories(entries: List[Any], source: str) -> Dict[int, str]:
     names: Dict[int, str] = {}
     for index, cat in enumerate(entries):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise ValueError(f"{source}: categories[{index}] needs an 'id' and a 'name', got {cat!r}")
+        problem = category_entry_problem(index, cat)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
         cat_id = cat["id"]
-        if not _is_int(cat_id):
-            raise ValueError(f"{source}: categories[{index}] has a non-integer id {cat_id!r}")
         if cat_id in names:
             raise ValueError(f"{source}: category id {cat_id} appears twice in 'categories'")
         names[cat_id] = str(cat["name"])
@@ -258,14 +403,10 @@ def _check_annotation(
     index: int, ann: Any, images: Mapping[int, Any], known_categories: AbstractSet[int], source: str
 ) -> Dict[str, Any]:
     """Validate one annotation; return it, or a copy with ``iscrowd``/``area`` filled in when absent."""
-    if not isinstance(ann, dict):
-        raise ValueError(f"{source}: annotations[{index}] must be an object, got {ann!r}")
-    ann_id = ann.get("id")
-    if ann_id is None:
-        raise ValueError(f"{source}: annotations[{index}] has no 'id'")
-    for key in ("image_id", "category_id", "bbox"):
-        if key not in ann:
-            raise ValueError(f"{source}: annotation id {ann_id} has no {key!r}")
+    problem = annotation_entry_problem(index, ann)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
+    ann_id = ann["id"]
     image_id = ann["image_id"]
     if image_id not in images:
         raise ValueError(f"{source}: annotation id {ann_id} refers to image_id {image_id!r}, which is not in 'images'")
@@ -277,12 +418,6 @@ def _check_annotation(
             f"'categories' (known ids: {known[:10]}{'...' if len(known) > 10 else ''})"
         )
     bbox = ann["bbox"]
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_real(v) for v in bbox):
-        raise ValueError(
-            f"{source}: annotation id {ann_id} has bbox {bbox!r}, expected 4 finite numbers [x, y, w, h]"
-        )
-    if "area" in ann and not _is_real(ann["area"]):
-        raise ValueError(f"{source}: annotation id {ann_id} has area {ann['area']!r}, expected a number")
     if "iscrowd" in ann and "area" in ann:
         return ann
     # COCOeval reads 'area' and 'iscrowd' of every ground-truth annotation; a hand-made file may leave them
@@ -360,7 +495,7 @@ class CocoAnnotations:
             self.annotations_by_image[ann["image_id"]].append(ann)
             if not ann["iscrowd"] and not _segmentation_present(ann.get("segmentation")):
                 self.unsegmented_ids.append(ann["id"])
-            if not ann["iscrowd"] and (ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0):
+            if not ann["iscrowd"] and box_is_degenerate(ann["bbox"]):
                 self.degenerate_box_ids.append(ann["id"])
 
     @classmethod
@@ -379,6 +514,22 @@ class CocoAnnotations:
             ValueError: not JSON (file, line, column), a wrong top level, or an invalid entry (file, entry).
         """
         return cls(load_coco_json(path, kind=kind), source=str(path))
+
+    def check_segmentations(self) -> None:
+        """Check every present ``segmentation`` with :func:`segmentation_problem` (masks need it, boxes do not).
+
+        Called by the data set when it decodes masks and by the evaluator for segm, before pycocotools reads
+        them, so a malformed mask fails at the start with its file and annotation id instead of mid-run.
+
+        Raises:
+            ValueError: the first malformed segmentation (``"<source>: annotation id N has ..."``).
+        """
+        for ann in self.annotations:
+            if "segmentation" in ann:
+                height, width = self.image_sizes[ann["image_id"]]
+                problem = segmentation_problem(ann["segmentation"], height=height, width=width)
+                if problem:
+                    raise ValueError(f"{self.source}: annotation id {ann['id']} {problem}")
 
     def __repr__(self) -> str:
         return (

@@ -29,6 +29,7 @@ COMMANDS = {
     "export": "export",
     "bench": "bench",
     "zoo": "zoo",
+    "check-data": "check_data",
 }
 # One line each for `resnet-fpn --help` (the modules' docstrings hold the long help).
 SUMMARIES = {
@@ -38,6 +39,7 @@ SUMMARIES = {
     "export": "export a backbone or detector to ONNX/TorchScript and check it against eager",
     "bench": "time a backbone or detector on this machine, or profile a training step",
     "zoo": "print the model zoo table (parameters, GMACs, channels); --markdown writes docs/model_zoo.md",
+    "check-data": "check a COCO data set (JSON and images): report.json, summary.md, plots; exit 1 on errors",
 }
 
 

@@ -21,23 +21,44 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ..coco_format import CocoAnnotations
+from ..coco_format import MIN_POLYGON_COORDS, CocoAnnotations
 from .images import read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CocoDetection", "Transform"]
+__all__ = ["BAD_IMAGES", "CocoDetection", "MIN_BOX_SIDE", "Transform", "box_outside_image"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 # What ``CocoDetection(transforms=...)`` accepts: called with the decoded RGB image (H, W, 3) uint8 and the
 # target as numpy arrays, it returns the same pair (see ``resnet_fpn.data.transforms``).
 Transform = Callable[[np.ndarray, Dict[str, Any]], Tuple[np.ndarray, Dict[str, Any]]]
 
+# What CocoDetection(bad_images=...) accepts: fail on a bad image file, or skip (and count) it.
+BAD_IMAGES = ("error", "skip")
 # A box whose side is shorter than this (after clipping to the image) cannot be regressed sensibly and makes
 # torchvision's detectors raise ("All bounding boxes should have positive height and width").
-_MIN_BOX_SIDE = 1.0
+MIN_BOX_SIDE = 1.0
 # Coordinates are floats in COCO files; an overshoot below this is rounding noise, not a box outside the image.
 _CLIP_TOLERANCE = 1e-3
+
+
+def box_outside_image(bbox: Any, *, width: float, height: float) -> bool:
+    """Whether a COCO ``[x, y, w, h]`` box reaches outside its ``width`` x ``height`` image (the boxes training clips).
+
+    An overshoot up to ``1e-3`` px is float noise of the exporter, not a box outside the image. The data
+    doctor reports the same boxes as ``box_out_of_bounds``.
+
+    Args:
+        bbox: the box, 4 finite numbers.
+        width: the image width.
+        height: the image height.
+
+    Returns:
+        True when a side lies outside the image by more than the tolerance.
+    """
+    x1, y1, w, h = (float(v) for v in bbox)
+    overshoot = max(-x1, -y1, x1 + w - width, y1 + h - height)
+    return overshoot > _CLIP_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -61,7 +82,7 @@ def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
     """
     if isinstance(seg, list):
         # A "polygon" of fewer than 3 points has no area; worse, pycocotools reads a 4-number list as a box.
-        polys = [poly for poly in seg if len(poly) >= 6]
+        polys = [poly for poly in seg if len(poly) >= MIN_POLYGON_COORDS]
         if not polys:
             return mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
         return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
@@ -102,6 +123,12 @@ class CocoDetection(torch.utils.data.Dataset):
             :func:`resnet_fpn.data.transforms.build_transforms`).
         with_masks: decode the instance masks into ``target["masks"]`` (needed for Mask R-CNN).
         verify_files: check at construction that every image file exists.
+        bad_images: ``"error"`` (the default): a missing file fails the construction and a file that cannot
+            be decoded (or has another size than the JSON's) fails its item, naming the file and image id.
+            ``"skip"``: missing files are left out of the items at construction, and an item whose image
+            fails to decode is replaced by the next readable one; both are logged once per image and counted
+            (``skipped_image_ids``). The data doctor's quick pass (``resnet_fpn.data.doctor.quick_check``)
+            finds most such files before training.
 
     Attributes:
         annotations: the validated file (:class:`resnet_fpn.coco_format.CocoAnnotations`); pass it to
@@ -110,6 +137,8 @@ class CocoDetection(torch.utils.data.Dataset):
         ids, category_ids, category_names, label_to_category_id, category_id_to_label, num_classes: the
             image ids in item order and the label mapping (label ``i`` is ``category_ids[i - 1]``).
         has_masks, num_crowd, num_clipped, num_degenerate: what the target rules found.
+        skipped_image_ids: with ``bad_images="skip"``, the ids of the images left out (missing) or replaced
+            (undecodable) so far in this process (data loader workers each count their own).
 
     Raises:
         FileNotFoundError: ``ann_file`` or ``images_dir`` does not exist, or (with ``verify_files``) image
@@ -117,6 +146,7 @@ class CocoDetection(torch.utils.data.Dataset):
         ValueError: the JSON is malformed or inconsistent (the message names the file and the entry), or
             ``with_masks`` is asked of a file in which a non-crowd annotation has no segmentation.
         TypeError: ``transforms`` is not callable.
+        ValueError: ``bad_images`` is not ``"error"`` or ``"skip"``.
     """
 
     def __init__(
@@ -127,7 +157,12 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: Optional[Transform] = None,
         with_masks: bool = False,
         verify_files: bool = True,
+        bad_images: str = "error",
     ) -> None:
+        if bad_images not in BAD_IMAGES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
+        self.bad_images = bad_images
+        self.skipped_image_ids: List[int] = []
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
         if transforms is not None and not callable(transforms):
@@ -151,6 +186,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self._aspect_ratios = np.array(
             [record.width / record.height for record in self._records], dtype=np.float64
         )
+        if self.with_masks:  # a malformed mask first: it says more than "has none"
+            self.annotations.check_segmentations()
         unsegmented = self.annotations.unsegmented_ids
         num_instances = len(self.annotations.annotations) - self.num_crowd
         self.has_masks = num_instances > 0 and not unsegmented
@@ -161,7 +198,24 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{unsegmented[0]}{more} has none; train a box-only model (faster_rcnn) or add masks"
             )
         if verify_files:
-            self.check_files(raise_missing=True)
+            if bad_images == "error":
+                self.check_files(raise_missing=True)
+            else:
+                missing = {image_id for _, image_id in self._missing_files()}
+                if missing:
+                    self._leave_out(missing)
+
+    def _leave_out(self, image_ids: set) -> None:
+        """Drop the items of `image_ids` (``bad_images="skip"``), logging the count and the first ids."""
+        keep = [i for i, record in enumerate(self._records) if record.image_id not in image_ids]
+        self._records = [self._records[i] for i in keep]
+        self._aspect_ratios = self._aspect_ratios[keep]
+        self.ids = [record.image_id for record in self._records]
+        self.skipped_image_ids.extend(sorted(image_ids))
+        if not self._records:
+            raise FileNotFoundError(f"{self.ann_file}: bad_images=skip, but every image file is missing in {self.images_dir}")
+        logger.warning("%s: bad_images=skip: left out %d image(s) whose file is missing (ids %s)",
+                       self.ann_file, len(image_ids), sorted(image_ids)[:10])
 
     @property
     def coco(self) -> COCO:
@@ -196,9 +250,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 x2, y2 = x1 + w, y1 + h
                 cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
                 cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-                if w >= 0 and h >= 0 and max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > _CLIP_TOLERANCE:
+                if w >= 0 and h >= 0 and box_outside_image(ann["bbox"], width=width, height=height):
                     num_clipped += 1
-                if cx2 - cx1 < _MIN_BOX_SIDE or cy2 - cy1 < _MIN_BOX_SIDE:
+                if cx2 - cx1 < MIN_BOX_SIDE or cy2 - cy1 < MIN_BOX_SIDE:
                     num_degenerate += 1
                     continue
                 label = self.category_id_to_label[ann["category_id"]]
@@ -227,7 +281,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 "%s: dropped %d degenerate box(es) (width or height < %g px after clipping) from the training targets",
                 self.ann_file,
                 num_degenerate,
-                _MIN_BOX_SIDE,
+                MIN_BOX_SIDE,
             )
         return records
 
@@ -273,6 +327,18 @@ class CocoDetection(torch.utils.data.Dataset):
             FileNotFoundError: ``raise_missing`` and at least one file is missing; the message gives the count,
                 the first paths and their image ids.
         """
+        missing = self._missing_files()
+        if missing and raise_missing:
+            shown = "\n".join(f"  {path} (image id {image_id})" for path, image_id in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(self._records)} image file(s) listed in {self.ann_file} are missing:\n"
+                f"{shown}{more}"
+            )
+        return [path for path, _ in missing]
+
+    def _missing_files(self) -> List[Tuple[Path, int]]:
+        """(path, image id) of every item whose image file does not exist."""
         listings: Dict[Path, set] = {}
         missing: List[Tuple[Path, int]] = []
         for record in self._records:
@@ -285,14 +351,7 @@ class CocoDetection(torch.utils.data.Dataset):
                     listings[folder] = set()
             if path.name not in listings[folder]:
                 missing.append((path, record.image_id))
-        if missing and raise_missing:
-            shown = "\n".join(f"  {path} (image id {image_id})" for path, image_id in missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self._records)} image file(s) listed in {self.ann_file} are missing:\n"
-                f"{shown}{more}"
-            )
-        return [path for path, _ in missing]
+        return missing
 
     def load_image(self, index: int) -> np.ndarray:
         """Read item ``index``'s image as an upright RGB uint8 array (see :func:`resnet_fpn.data.images.read_image`).
@@ -316,8 +375,11 @@ class CocoDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        if self.bad_images == "skip":
+            index, image = self._first_readable(index)
+        else:
+            image = self.load_image(index)
         record = self._records[index]
-        image = self.load_image(index)
         target: Dict[str, Any] = {
             "boxes": record.boxes.copy(),
             "labels": record.labels.copy(),
@@ -335,6 +397,20 @@ class CocoDetection(torch.utils.data.Dataset):
                     f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
                 )
         return self._to_tensors(image, target)
+
+    def _first_readable(self, index: int) -> Tuple[int, np.ndarray]:
+        """``bad_images="skip"``: item `index`'s image, or the next readable one's (wrapping around)."""
+        for step in range(len(self._records)):
+            current = (index + step) % len(self._records)
+            try:
+                return current, self.load_image(current)
+            except (ValueError, FileNotFoundError) as err:
+                image_id = self._records[current].image_id
+                if image_id not in self.skipped_image_ids:
+                    self.skipped_image_ids.append(image_id)
+                    logger.warning("bad_images=skip: skipping image id %s (%d skipped so far): %s",
+                                   image_id, len(self.skipped_image_ids), err)
+        raise ValueError(f"{self.ann_file}: bad_images=skip, but no image of the {len(self._records)} items can be read")
 
     # ------------------------------------------------------------------ hot-path helpers
     @staticmethod

@@ -276,6 +276,7 @@ def _load_ground_truth(coco_gt: Any, iou_types: Sequence[str]) -> CocoAnnotation
         bad = [ann["id"] for ann in gt.annotations if "segmentation" not in ann]
         if bad:
             raise ValueError(f"{gt.source}: annotations {list_some(bad)} have no 'segmentation', which segm evaluation reads")
+        gt.check_segmentations()
     return gt
 
 
