@@ -491,3 +491,37 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
     # ...and the resumed run ends with its evaluation, like an uninterrupted one.
     assert math.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["bbox"]["AP"])
+
+
+def _fruits_with_a_broken_image(shared_data: Path, tmp_path: Path) -> Tuple[Path, int]:
+    """fruits_nuts val as train and val, one image file replaced by bytes that are not an image."""
+    ann = json.loads((shared_data / "fruits_nuts" / "annotations" / "instances_val.json").read_text())
+    root = tmp_path / "broken"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    for split in ("train", "val"):
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(ann))
+    for img in ann["images"]:
+        (root / "images" / img["file_name"]).symlink_to(shared_data / "fruits_nuts" / "images" / img["file_name"])
+    broken = ann["images"][1]
+    (root / "images" / broken["file_name"]).unlink()
+    (root / "images" / broken["file_name"]).write_bytes(b"this is not a JPEG")
+    return root, broken["id"]
+
+
+def test_a_bad_image_stops_the_run_before_training_or_is_skipped(tmp_path, shared_data, capsys):
+    from resnet_fpn.training.datamodule import DetectionDataModule
+
+    root, bad_id = _fruits_with_a_broken_image(shared_data, tmp_path)
+    with pytest.raises(ValueError, match=rf"instances_train\.json: 1 image\(s\) cannot be used \(ids \[{bad_id}\]\): "
+                                         rf".*set data\.bad_images: skip"):
+        DetectionDataModule(DataConfig(root=str(root), num_workers=0)).setup("fit")
+    assert "data check: " in capsys.readouterr().out  # the one-paragraph summary comes first
+    datamodule = DetectionDataModule(DataConfig(root=str(root), num_workers=0, bad_images="skip"))
+    datamodule.setup("fit")
+    ids = [int(datamodule.train_dataset[i][1]["image_id"]) for i in range(len(datamodule.train_dataset))]
+    assert bad_id not in ids and datamodule.train_dataset.skipped_image_ids == [bad_id]
+    config = tiny_config(tmp_path, root=str(root))
+    config["data"]["bad_images"] = "sometimes"
+    with pytest.raises(ValueError, match=r"data\.bad_images must be one of .*'error', 'skip'.* got 'sometimes'"):
+        config_from_dict(config)

@@ -103,6 +103,9 @@ class DataConfig:
     num_workers: int = _option(2, within=NON_NEGATIVE)
     augment: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "HorizontalFlip", "p": 0.5}])
     aspect_ratio_grouping: bool = True
+    # What to do with image files that are missing, cannot be decoded or have another size than the JSON says:
+    # "error" stops before training (the quick check names them), "skip" leaves them out and counts them.
+    bad_images: str = _option("error", choices=("error", "skip"))
 
 
 @dataclass

@@ -10,8 +10,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from ..coco_format import Category
+from lightning.pytorch.utilities import rank_zero_only
+
 from ..data import (CocoDetection, DataPaths, GroupedBatchSampler, aspect_ratio_groups, build_transforms,
                     collate_fn, make_synthetic_coco, resolve_data_paths)
+from ..data.doctor import quick_check
 from .config import DataConfig
 
 __all__ = ["DetectionDataModule", "default_cache_dir"]
@@ -20,6 +23,11 @@ __all__ = ["DetectionDataModule", "default_cache_dir"]
 def default_cache_dir() -> Path:
     """Where generated data lives: $RESNET_FPN_CACHE, else ~/.cache/resnet_fpn."""
     return Path(os.environ.get("RESNET_FPN_CACHE", Path.home() / ".cache" / "resnet_fpn"))
+
+
+@rank_zero_only
+def _print_rank_zero(text: str) -> None:
+    print(text, flush=True)
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -67,13 +75,38 @@ class DetectionDataModule(L.LightningDataModule):
             make_synthetic_coco(self.synthetic_root(), num_train=s.num_train, num_val=s.num_val,
                                 image_size=tuple(s.image_size), num_classes=s.num_classes, seed=s.seed)
 
+    def check_data(self, paths: DataPaths) -> None:
+        """The data doctor's quick pass over both splits (JSON rules + a header check of every image), before
+        anything is built: its one-paragraph summary is printed, and with ``data.bad_images: error`` images
+        that cannot be used stop the run here, named, instead of minutes into training.
+
+        Raises:
+            ValueError: image files missing, unreadable or of another size than the JSON says (the ids and
+                files named), unless ``data.bad_images`` is "skip".
+        """
+        for ann, images in ((paths.train_ann, paths.train_images), (paths.val_ann, paths.val_images)):
+            report = quick_check(ann, images)
+            _print_rank_zero(f"data check: {report.summary()}")
+            bad = [f for f in report.findings if f.code in ("missing_image", "bad_image", "size_mismatch")]
+            if bad and self.config.bad_images == "error":
+                shown = "; ".join(f.message for f in bad[:3])
+                raise ValueError(
+                    f"{ann}: {len(report.bad_image_ids)} image(s) cannot be used (ids {report.bad_image_ids[:10]}): "
+                    f"{shown}{' ...' if len(bad) > 3 else ''}. Fix or remove them (resnet-fpn check-data --ann "
+                    f"{ann} --images {images} --out REPORT_DIR lists every problem), or set data.bad_images: skip "
+                    f"to leave them out"
+                )
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_dataset is not None:
             return
         paths = self.paths()
+        self.check_data(paths)
+        bad_images = self.config.bad_images
         self.train_dataset = CocoDetection(paths.train_images, paths.train_ann, with_masks=self.with_masks,
-                                           transforms=build_transforms(self.config.augment, seed=self.seed))
-        self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=False)
+                                           transforms=build_transforms(self.config.augment, seed=self.seed),
+                                           bad_images=bad_images)
+        self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=False, bad_images=bad_images)
         if self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(
                 f"{paths.train_ann} and {paths.val_ann} list different categories "
