@@ -24,6 +24,8 @@ from resnet_fpn.data import (
     resolve_data_paths,
 )
 
+from conftest import require_shared
+
 # pycocotools' decode (compiled against numpy 1) trips numpy 2's __array__(copy=) deprecation; not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -34,11 +36,9 @@ COCO128_CROWD = {"train": 7, "val": 3}
 
 
 @pytest.fixture(scope="session")
-def data_root() -> Path:
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "coco128" / "annotations" / "instances_train.json").is_file():
-        pytest.skip(f"real data not found at {root} (CI clones the repo with shared/ beside it)")
-    return root
+def data_root(shared_data) -> Path:
+    require_shared(shared_data / "coco128" / "annotations" / "instances_train.json")
+    return shared_data
 
 
 @pytest.fixture(scope="session")

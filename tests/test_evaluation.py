@@ -35,6 +35,8 @@ from resnet_fpn.evaluation import (
     score_results,
 )
 
+from conftest import require_shared
+
 pytestmark = [
     # pycocotools' mask.decode (used here to build dense masks) warns under numpy 2; not our code.
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
@@ -49,12 +51,10 @@ PUBLISHED_AP = {"bbox": 0.5046, "segm": 0.3195}
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
+def data_dir(shared_data) -> Path:
     """The shared real data beside the repository (<clone>/../shared/data)."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (path / "coco_val2014_100").is_dir():
-        pytest.skip(f"real COCO data not found at {path} (CI clones shared/ beside the repository)")
-    return path
+    require_shared(shared_data / "coco_val2014_100")
+    return shared_data
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pycocotools import mask as mask_util
 from torch.utils.data import DistributedSampler
 
 from resnet_fpn.evaluation import COCOEvaluator, evaluate_results
+from conftest import require_shared
 
 # pycocotools' mask.decode (used here to build dense masks) warns under numpy 2; not our code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -27,10 +28,8 @@ N_IMAGES = 99  # odd on purpose: 2 replicas -> 50 + 50 with one padded repeat
 
 
 @pytest.fixture(scope="module")
-def val100() -> dict:
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_val2014_100"
-    if not root.is_dir():
-        pytest.skip(f"real COCO data not found at {root} (CI clones shared/ beside the repository)")
+def val100(shared_data) -> dict:
+    root = require_shared(shared_data / "coco_val2014_100")
     return {"gt": str(root / "instances_val2014_100.json"), "segm": str(root / "instances_val2014_fakesegm100_results.json")}
 
 

@@ -34,6 +34,7 @@ from resnet_fpn.coco_format import CocoAnnotations, category_names_by_id, same_f
 from resnet_fpn.data import CocoDetection
 from resnet_fpn.detectors import build_detector
 from resnet_fpn.evaluation import COCOEvaluator, evaluate_results, match_categories, score_results
+from conftest import require_shared
 
 FRUITS = [Category(1, 1, "date"), Category(2, 2, "fig"), Category(3, 3, "hazelnut")]
 
@@ -41,25 +42,19 @@ FRUITS = [Category(1, 1, "date"), Category(2, 2, "fig"), Category(3, 3, "hazelnu
 # ------------------------------------------------------------------------------------------------ data
 @pytest.fixture(scope="module")
 def fruits(shared_data):
-    root = shared_data / "fruits_nuts"
-    if not root.is_dir():
-        pytest.skip(f"fruits_nuts not found under {shared_data}")
+    root = require_shared(shared_data / "fruits_nuts")
     return root
 
 
 @pytest.fixture(scope="module")
 def coco128(shared_data):
-    root = shared_data / "coco128"
-    if not root.is_dir():
-        pytest.skip(f"coco128 not found under {shared_data}")
+    root = require_shared(shared_data / "coco128")
     return root
 
 
 @pytest.fixture(scope="module")
 def val100(shared_data):
-    root = shared_data / "coco_val2014_100"
-    if not root.is_dir():
-        pytest.skip(f"coco_val2014_100 not found under {shared_data}")
+    root = require_shared(shared_data / "coco_val2014_100")
     return {"gt": root / "instances_val2014_100.json", "bbox": root / "instances_val2014_fakebbox100_results.json"}
 
 

@@ -33,6 +33,7 @@ from resnet_fpn.deploy.parity import (
 )
 from resnet_fpn.detectors import build_detector
 from resnet_fpn.predictor import to_float_image
+from conftest import require_shared
 
 FPN_OUTPUTS = ["feat_0", "feat_1", "feat_2", "feat_3", "feat_pool"]
 SIZES = ["320x480", "384x256"]
@@ -65,10 +66,7 @@ def _parity_lines(stdout: str):
 
 @pytest.fixture(scope="module")
 def photo(shared_data):
-    path = shared_data / "fruits_nuts" / "images" / "14.jpg"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+    return require_shared(shared_data / "fruits_nuts" / "images" / "14.jpg")
 
 
 @pytest.fixture(scope="module")

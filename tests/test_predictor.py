@@ -18,6 +18,7 @@ from resnet_fpn.detectors import build_detector
 from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn.predictor import Prediction, Predictor, read_image, to_float_image
 from resnet_fpn.visualize import draw_predictions, label_color, save_image
+from conftest import require_shared
 
 REPO = Path(__file__).resolve().parents[1]
 # Random heads score every class alike (~1/num_classes), so a low threshold keeps detections.
@@ -41,10 +42,7 @@ def _save_checkpoint(path: Path, ann_file: Path, **sizes) -> Path:
 
 @pytest.fixture(scope="module")
 def fruits(shared_data):
-    root = shared_data / "fruits_nuts"
-    if not root.is_dir():
-        pytest.skip(f"fruits_nuts not found under {shared_data}")
-    return root
+    return require_shared(shared_data / "fruits_nuts")
 
 
 @pytest.fixture(scope="module")

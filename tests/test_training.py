@@ -1,6 +1,5 @@
 """Training: config checks, schedule, parameter groups, and end-to-end runs (slow) on real and synthetic data."""
 import json
-import math
 import os
 import signal
 import subprocess
@@ -200,8 +199,8 @@ def test_channels_last_training_converts_the_detector(tmp_path):
     weights = [m.weight for m in module.model.modules() if isinstance(m, nn.Conv2d)]
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     result = train(parsed)  # one step, then the final evaluation, in NHWC
-    assert set(result["metrics"]) == {"bbox", "per_category"}
-    assert math.isfinite(result["metrics"]["bbox"]["AP"])
+    # The final metrics are those of the weights it saved: re-evaluated from last.ckpt (contiguous, eval mode).
+    assert_metrics_of_last_checkpoint(result["metrics"], Path(parsed.output_dir), Path(parsed.data.cache_dir))
 
 
 # --------------------------------------------------------------------------------------- schedule, optim
@@ -285,7 +284,7 @@ def test_resume_from_a_truncated_last_checkpoint_falls_back_to_the_newest_readab
     assert message.endswith(f"; resuming from {best} (step 2), the newest readable checkpoint")
     # The unreadable file is replaced by a complete one as the run goes on, and the run ends as usual.
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
-    assert math.isfinite(result["metrics"]["bbox"]["AP"])
+    assert_metrics_of_last_checkpoint(result["metrics"], Path(config["output_dir"]), Path(config["data"]["cache_dir"]))
 
 
 def test_resume_with_no_readable_checkpoint_names_the_files_to_remove(two_step_run, tmp_path, capsys):
@@ -337,11 +336,29 @@ def test_a_truncated_checkpoint_is_one_line_in_every_command(two_step_run, tmp_p
 
 
 def check_metrics_layout(metrics: dict, iou_types, names):
+    """The 12 stats in pycocotools' order, and the orderings that hold by their definitions: a looser IoU
+    threshold never lowers AP (AP50 >= AP >= AP75 ... AP is their mean over 0.50:0.95), more detections never
+    lower recall (AR1 <= AR10 <= AR100), and AP is the mean of the per-category APs that have ground truth."""
     assert set(metrics) == set(iou_types) | {"per_category"}
     for iou_type in iou_types:
-        assert list(metrics[iou_type]) == STATS
-        assert all(-1.0 <= v <= 1.0 for v in metrics[iou_type].values())
-        assert set(metrics["per_category"][iou_type]) == set(names)
+        m = metrics[iou_type]
+        assert list(m) == STATS
+        assert m["AP50"] >= m["AP"] >= 0 and m["AP50"] >= m["AP75"], m
+        assert m["AR1"] <= m["AR10"] <= m["AR100"], m
+        per_category = metrics["per_category"][iou_type]
+        assert set(per_category) == set(names)
+        present = [v for v in per_category.values() if v >= 0]
+        assert present and abs(sum(present) / len(present) - m["AP"]) <= 1e-9
+
+
+def assert_metrics_of_last_checkpoint(metrics: dict, run: Path, cache: Path) -> None:
+    """A run's final metrics equal a fresh evaluation of its last.ckpt on the synthetic val split."""
+    root = next(p for p in cache.iterdir() if p.is_dir())
+    again = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", ann_file=root / "annotations" / "instances_val.json",
+                                images_dir=root / "images").metrics
+    assert again["bbox"].keys() == metrics["bbox"].keys()
+    for name, value in metrics["bbox"].items():
+        assert abs(again["bbox"][name] - value) <= 1e-6, (name, again["bbox"][name], value)
 
 
 def test_tiny_synthetic_run_writes_metrics_checkpoints_and_pictures(tmp_path):
@@ -490,7 +507,8 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     assert f"resuming from {last} at step {killed_step}" in resumed.stdout
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
     # ...and the resumed run ends with its evaluation, like an uninterrupted one.
-    assert math.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["bbox"]["AP"])
+    assert_metrics_of_last_checkpoint(json.loads((tmp_path / "run" / "metrics.json").read_text()), tmp_path / "run",
+                                      tmp_path / "cache")
 
 
 def _fruits_with_a_broken_image(shared_data: Path, tmp_path: Path) -> Tuple[Path, int]:

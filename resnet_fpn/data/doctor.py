@@ -302,13 +302,16 @@ def _inspect_image(job: Tuple[str, bool]) -> Tuple[str, Any, Optional[str]]:
     """
     path, decode = job
     try:
+        if not decode:
+            # A header and structure check, no decode (PNG: the chunk CRCs). PIL allows verify() only right
+            # after open (PNG raises otherwise) and leaves the image unusable, so the size is read anew below.
+            with Image.open(path) as img:
+                img.verify()
         with Image.open(path) as img:
             stored = img.size
             orientation = img.getexif().get(0x0112, 1)
             if decode:
                 img.load()  # the pixels: a truncated or corrupt file fails here
-            else:
-                img.verify()  # a header and structure check, no decode (PNG: the chunk CRCs)
     except FileNotFoundError:
         return "missing", None, None
     except IsADirectoryError:
