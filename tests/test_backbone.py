@@ -133,7 +133,7 @@ def test_group_norm_backbone():
         ({"name": "resnet50-fpn", "freeze_at": -1}, ValueError, r"freeze_at must be in 0\.\.5 .* got -1"),
         ({"name": "resnet50-fpn", "freeze_at": "2"}, TypeError, r"freeze_at must be an int in 0\.\.5, got str '2'"),
         ({"name": "resnet50-fpn", "norm": "batchnorm"}, ValueError, r"norm must be one of \('auto', 'frozen_bn', 'bn', 'sync_bn', 'gn'\), got 'batchnorm'"),
-        ({"name": "resnet50-fpn", "top_block": "p6"}, ValueError, r"top_block must be one of \['maxpool', 'p6p7'\], got 'p6'"),
+        ({"name": "resnet50-fpn", "top_block": "p6"}, ValueError, r"top_block must be one of \['maxpool', 'p6p7', 'p6p7_c5'\], got 'p6'"),
         ({"name": "resnet50-fpn", "out_features": ["c6"]}, ValueError, r"unknown out_features \['c6'\]; valid names are \['c2', 'c3', 'c4', 'c5'\]"),
         ({"name": "resnet50-fpn", "fpn_channels": 0}, ValueError, r"fpn_channels must be a positive int, got 0"),
         ({"name": "timm:resnet5"}, ValueError, r"unknown timm model 'resnet5'\. Did you mean"),

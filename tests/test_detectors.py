@@ -76,7 +76,7 @@ def test_a_top_block_module_declares_its_levels():
     with torch.no_grad():
         out = fpn(torch.rand(1, 3, 64, 96))
     assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {"0": (8, 12), "1": (4, 6), "2": (2, 3), "p6": (1, 2)}
-    with pytest.raises(TypeError, match=r"top_block must be a name of \['maxpool', 'p6p7'\] or an ExtraFPNBlock"):
+    with pytest.raises(TypeError, match=r"top_block must be a name of \['maxpool', 'p6p7', 'p6p7_c5'\] or an ExtraFPNBlock"):
         FPNBackbone(body, top_block=nn.Identity())
     with pytest.raises(TypeError, match=r"must declare its outputs with output_shape\(\)"):
         FPNBackbone(nn.Conv2d(3, 8, 3))

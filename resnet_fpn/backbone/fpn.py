@@ -11,7 +11,7 @@ from .base import Backbone
 from .norms import norm_layer_for
 from .shape import ShapeSpec
 
-__all__ = ["TOP_BLOCKS", "FPN_NORMS", "FPNBackbone", "MaxPoolTopBlock", "P6P7TopBlock"]
+__all__ = ["TOP_BLOCKS", "FPN_NORMS", "FPNBackbone", "MaxPoolTopBlock", "P6P7TopBlock", "P6P7FromC5TopBlock"]
 
 FPN_NORMS = (None, "bn", "gn")
 
@@ -24,7 +24,7 @@ class MaxPoolTopBlock(LastLevelMaxPool):
 
     names: Tuple[str, ...] = ("pool",)
 
-    def __init__(self, channels: int) -> None:  # channels unused: a max pool keeps them
+    def __init__(self, channels: int, *, in_channels: int = 0) -> None:  # a max pool keeps the channels
         super().__init__()
 
 
@@ -37,12 +37,35 @@ class P6P7TopBlock(LastLevelP6P7):
 
     names: Tuple[str, ...] = ("p6", "p7")
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, in_channels: int = 0) -> None:  # reads P5: in_channels unused
         super().__init__(channels, channels)
 
 
-# The names YAML and the CLI use for the top blocks.
-TOP_BLOCKS: Dict[str, Type[ExtraFPNBlock]] = {"maxpool": MaxPoolTopBlock, "p6p7": P6P7TopBlock}
+class P6P7FromC5TopBlock(LastLevelP6P7):
+    """P6 and P7 from two stride-2 3x3 convs, the first on C5 (the body's last output) rather than P5.
+
+    RetinaNet as published (Lin et al., 2017b, section 4: "P6 is obtained via a 3x3 stride-2 conv on C5"),
+    detectron2's RetinaNet and torchvision's ``retinanet_resnet50_fpn_v2`` (``LastLevelP6P7(2048, 256)``).
+
+    Args:
+        channels: the pyramid's channels (P6 and P7 outputs).
+        in_channels: C5's channels (2048 for a ResNet-50).
+    """
+
+    names: Tuple[str, ...] = ("p6", "p7")
+
+    def __init__(self, channels: int, *, in_channels: int) -> None:
+        # torchvision decides P5 vs C5 by comparing channels: equal channels would silently read P5.
+        if in_channels == channels:
+            raise ValueError(f"p6p7_c5 needs C5 channels different from the FPN's ({channels}); use 'p6p7' "
+                             f"(identical when they are equal reads P5)")
+        super().__init__(in_channels, channels)
+
+
+# The names YAML and the CLI use for the top blocks. Each is built as cls(fpn_channels, in_channels=C5's).
+TOP_BLOCKS: Dict[str, Type[ExtraFPNBlock]] = {
+    "maxpool": MaxPoolTopBlock, "p6p7": P6P7TopBlock, "p6p7_c5": P6P7FromC5TopBlock,
+}
 
 
 def check_top_block(top_block: object) -> Type[ExtraFPNBlock]:
@@ -66,7 +89,7 @@ class FPNBackbone(Backbone):
 
     Args:
         body: a ``Backbone`` (declares its outputs with ``output_shape()``).
-        top_block: "maxpool" or "p6p7" (see ``TOP_BLOCKS``), or a top-block module with a ``names`` tuple
+        top_block: "maxpool", "p6p7" or "p6p7_c5" (see ``TOP_BLOCKS``), or a top-block module with a ``names`` tuple
             (each added level has twice the stride of the one before).
         fpn_channels: channels of every pyramid level (``out_channels``).
         norm: None (plain convs, as torchvision and detectron2's default), "bn" or "gn" in the FPN convs.
@@ -89,12 +112,14 @@ class FPNBackbone(Backbone):
                 f"the FPN body {type(body).__name__} must declare its outputs with output_shape() -> "
                 f"{{name: ShapeSpec(channels, stride)}} (subclass resnet_fpn.backbone.Backbone)"
             )
-        extra = check_top_block(top_block)(fpn_channels) if isinstance(top_block, str) else top_block
+        in_shapes = body.output_shape()
+        last_channels = list(in_shapes.values())[-1].channels
+        extra = (check_top_block(top_block)(fpn_channels, in_channels=last_channels) if isinstance(top_block, str)
+                 else top_block)
         if not isinstance(extra, ExtraFPNBlock) or not isinstance(getattr(extra, "names", None), tuple):
             raise TypeError(f"top_block must be a name of {list(TOP_BLOCKS)} or an ExtraFPNBlock with a `names` "
                             f"tuple, got {top_block!r}")
         self.body = body
-        in_shapes = body.output_shape()
         self.fpn = FeaturePyramidNetwork(
             [shape.channels for shape in in_shapes.values()],
             fpn_channels,

@@ -1,6 +1,7 @@
 """Backbone names -> factories; `build_backbone` and `list_backbones`."""
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from functools import partial
@@ -29,7 +30,8 @@ _REGISTRY: Dict[str, BackboneFactory] = {}
 def register_backbone(name: str, factory: Optional[BackboneFactory] = None):
     """Register a backbone factory under `name` (usable as a decorator).
 
-    The factory is called as ``factory(*, weights, norm, freeze_at, out_features, top_block, fpn_channels)``
+    The factory is called as
+    ``factory(*, weights, norm, freeze_at, out_features, top_block, fpn_channels, fpn_norm)``
     with resolved values (see `build_backbone`).
 
     Raises:
@@ -158,9 +160,9 @@ def _load_into_backbone(model: nn.Module, weights: WeightsSource, *, name: str, 
 
 
 def _resnet_factory(variant_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
-                    fpn_channels) -> nn.Module:
+                    fpn_channels, fpn_norm) -> nn.Module:
     body = ResNetFeatures(get_variant(variant_name), out_features=out_features, norm=norm)
-    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
+    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels, norm=fpn_norm) if with_fpn else body
     if weights is not None:
         _load_into_backbone(model, weights, name=f"{variant_name}-fpn" if with_fpn else variant_name, stages=body)
     body.freeze(freeze_at)  # after loading, so frozen BN copies the loaded statistics
@@ -173,9 +175,9 @@ for _name in VARIANTS:
 
 
 def _timm_factory(model_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
-                  fpn_channels) -> nn.Module:
+                  fpn_channels, fpn_norm) -> nn.Module:
     body = TimmFeatures(model_name, out_features=out_features, norm=norm)
-    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels) if with_fpn else body
+    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels, norm=fpn_norm) if with_fpn else body
     if weights is not None:
         _load_into_backbone(model, weights, name=f"timm:{model_name}{'-fpn' if with_fpn else ''}",
                             stages=body.model)
@@ -192,6 +194,7 @@ def build_backbone(
     out_features: Optional[Sequence[str]] = None,
     top_block: str = "maxpool",
     fpn_channels: int = 256,
+    fpn_norm: Optional[str] = None,
 ) -> nn.Module:
     """Build a backbone by name, ready for torchvision's detectors.
 
@@ -205,9 +208,11 @@ def build_backbone(
             "sync_bn" or "gn".
         freeze_at: detectron2's meaning: 0 nothing frozen, 1 the stem, 2 stem + c2, ..., 5 everything.
             None means 2 with weights (torchvision's ``trainable_layers=3``) and 0 from scratch.
-        out_features: body outputs (default c2-c5, or c3-c5 with ``top_block="p6p7"``).
-        top_block: "maxpool" (P2-P6, Faster/Mask R-CNN) or "p6p7" (P3-P7, RetinaNet/FCOS).
+        out_features: body outputs (default c2-c5, or c3-c5 with the p6p7 top blocks).
+        top_block: "maxpool" (P2-P6, Faster/Mask R-CNN), "p6p7" (P3-P7 with P6 from P5: torchvision's
+            RetinaNet v1 and FCOS) or "p6p7_c5" (P6 from C5: RetinaNet as published, torchvision's v2).
         fpn_channels: channels of each pyramid level.
+        fpn_norm: None (plain FPN convs), "bn" (torchvision's v2 detectors) or "gn".
 
     Returns:
         A module with ``output_shape()`` and, with FPN, ``out_channels`` (what torchvision's detectors read).
@@ -225,11 +230,30 @@ def build_backbone(
     resolved_norm, resolved_freeze = resolve_norm_and_freeze(norm, freeze_at, pretrained=weights is not None)
     check_top_block(top_block)
     if out_features is None:
-        out_features = list(STAGES)[1:] if top_block == "p6p7" else list(STAGES)
+        out_features = list(STAGES)[1:] if top_block.startswith("p6p7") else list(STAGES)
     options = dict(weights=weights, norm=resolved_norm, freeze_at=resolved_freeze, out_features=out_features,
-                   top_block=top_block, fpn_channels=fpn_channels)
+                   top_block=top_block, fpn_channels=fpn_channels, fpn_norm=fpn_norm)
     if name.startswith("timm:"):
         model_name = name[len("timm:"):]
         with_fpn = model_name.endswith("-fpn")
         return _timm_factory(model_name[: -len("-fpn")] if with_fpn else model_name, with_fpn=with_fpn, **options)
-    return _REGISTRY[name](**options)
+    return _call_factory(name, _REGISTRY[name], options)
+
+
+# Options added to the factory protocol after its first version: a factory that does not declare one still
+# works, and refuses only a non-default value of it (instead of a TypeError from deep inside).
+_LATER_OPTIONS = {"fpn_norm": None}
+
+
+def _call_factory(name: str, factory: BackboneFactory, options: Dict[str, object]) -> nn.Module:
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return factory(**options)
+    call = dict(options)
+    for key, default in _LATER_OPTIONS.items():
+        if key in params:
+            continue
+        if call.pop(key) != default:
+            raise ValueError(f"backbone {name!r} does not support the option {key}={options[key]!r} (its factory "
+                             f"declares only {list(params)})")
+    return factory(**call)
