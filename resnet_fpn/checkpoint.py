@@ -21,7 +21,7 @@ from torch import nn
 
 from .coco_format import Category
 from .backbone import resolve_norm_and_freeze
-from .detectors import build_detector, iou_types_of
+from .detectors import build_detector, iou_types_of, resolve_build_options
 from .files import atomic_torch_save
 from .weights import load_weights
 
@@ -46,7 +46,7 @@ def save_detector_checkpoint(
     payload = {
         "state_dict": {f"model.{k}": v for k, v in detector.state_dict().items()},
         "hyper_parameters": {
-            "model": dict(model_options),
+            "model": resolve_build_options(model_options),
             "categories": [{"label": c.label, "id": c.id, "name": c.name} for c in categories],
         },
     }

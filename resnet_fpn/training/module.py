@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checkpoint import read_categories
 from ..coco_format import Category
-from ..detectors import build_detector, iou_types_of
+from ..detectors import build_detector, iou_types_of, resolve_build_options
 from ..evaluation import COCOEvaluator
 from ..evaluation.coco import STAT_NAMES
 
@@ -69,7 +69,10 @@ class DetectionModule(L.LightningModule):
                  max_steps: int, eval_backend: str = "pycocotools", channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_detector(**model)
+        # Recorded resolved (the weights' normalisation and required backbone options made explicit), so the
+        # checkpoint rebuilds this detector without fetching its weights again.
+        self.hparams["model"] = resolve_build_options(model)
+        self.model = build_detector(**self.hparams["model"])
         if channels_last:
             # Converts the 4-d weights; conv outputs then follow the weights' layout (oneDNN and cuDNN pick
             # NHWC when either operand is), and Module.to(device) keeps the format.
