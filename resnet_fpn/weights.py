@@ -1,7 +1,13 @@
 """Load checkpoints from paths, URLs or state dicts into this project's models, with a report.
 
+Sources: a path, an http(s) URL (cached as torch.hub caches it), a weights name (``torchvision://resnet50``,
+``timm://seresnet50.a1_in1k``, ``detectron2://ImageNetPretrained/MSRA/R-50.pkl``: see `resnet_fpn.hub`) or a
+state dict.
+
 Layouts understood without any conversion step by the user:
 - torchvision and timm ImageNet classifiers (``conv1.weight``, ``layer1.0...``, ``fc``),
+- detectron2's ImageNet pickles (``.pkl``, Caffe2 names ``conv1_w``, ``res2_0_branch2a_w``...), converted by
+  `resnet_fpn.detectron2_names` (first conv made RGB, AffineChannel as BatchNorm),
 - timm's pre-activation ResNetV2 (``stem.conv``, ``stages.N.blocks.M``, ``head.fc``), renamed to ours,
 - torchvision detection models (``backbone.body.*``, ``backbone.fpn.*``, heads) and this project's
   detectors, which share that layout,
@@ -17,13 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import urllib.error
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from . import hub
+from .detectron2_names import RefusedPickleError, convert_detectron2_names, is_caffe2_names, read_detectron2_pickle
 
 __all__ = ["LoadReport", "load_weights", "read_state_dict"]
 
@@ -91,14 +100,20 @@ def read_state_dict(source: WeightsSource) -> Tuple[Dict[str, Tensor], str]:
 
     Args:
         source: a local path (``.pth``/``.pt``/``.ckpt``/``.bin`` read with ``torch.load(weights_only=True)``,
-            or ``.safetensors``), an http(s) URL (downloaded once into torch's hub cache), or a mapping.
+            ``.safetensors``, or a detectron2 ``.pkl`` read with numpy-only unpickling), an http(s) URL
+            (downloaded once into torch.hub's cache, checked against the hash prefix in its file name), a weights
+            name (``torchvision://...``, ``timm://...``, ``detectron2://...``: `resnet_fpn.hub`), or a mapping.
+            A ``.pkl`` with Caffe2 names is converted to ours; given by path, it is taken to expect BGR input
+            (detectron2's default ``INPUT.FORMAT``), which is logged.
 
     Returns:
-        (state dict, description of the source).
+        (state dict, description of the source: the path, or the name or URL with its cached file).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the URL cannot be fetched, the file cannot be read, or no tensors are found.
+        ValueError: an unknown weights name or scheme; the file cannot be downloaded (the URL, the cache path
+            to put it at by hand and the environment variable that moves the cache are named) or does not match
+            its hash; the file cannot be read (a cached one: delete it, it is named); no tensors are found.
         TypeError: `source` is of another type.
     """
     if isinstance(source, Mapping):
@@ -106,28 +121,51 @@ def read_state_dict(source: WeightsSource) -> Tuple[Dict[str, Tensor], str]:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"weights must be a path, a URL or a state dict, got {type(source).__name__}")
     text = os.fspath(source)
-    if _is_url(text):
-        try:
-            raw = torch.hub.load_state_dict_from_url(text, map_location="cpu", weights_only=True, progress=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            raise ValueError(
-                f"could not download weights from {text} ({exc}). Offline? Download the file elsewhere and "
-                f"pass its local path instead."
-            ) from exc
-        return _unwrap(raw, text), text
+    if hub.is_weights_name(text) or _is_url(text):
+        channels = hub.get_weights(text).preprocessing.channels if hub.is_weights_name(text) else None
+        name = hub.get_weights(text).name if hub.is_weights_name(text) else text
+        path = hub.fetch_weights(text)
+        where = f"{name} ({path})"
+        return _unwrap(_read_file(path, channels=channels, cached=True), where), where
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise ValueError(f"unknown weights scheme in {text!r}; known: {', '.join(hub.SCHEMES)}, http://, https://")
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    return _unwrap(_read_file(path, channels=None, cached=False), str(path)), str(path)
+
+
+def _read_file(path: Path, *, channels: Optional[str], cached: bool) -> object:
+    """The contents of a weights file, by its suffix; `channels` is the order a ``.pkl``'s first conv expects
+    (None: detectron2's default, BGR)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            raw = load_file(str(path), device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path), device="cpu")
+        if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
+            return _read_pickle(path, channels=channels)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except RefusedPickleError:
+        raise  # names the file and the global already; not a download problem
     except Exception as exc:  # a corrupt file or a pickle weights_only refuses: name the file
+        if cached:
+            raise ValueError(
+                f"could not read the cached weights file {path}: {exc}. A partial or corrupt download? Delete it "
+                f"and it will be downloaded again"
+            ) from exc
         raise ValueError(f"could not read weights file {path}: {exc}") from exc
-    return _unwrap(raw, str(path)), str(path)
+
+
+def _read_pickle(path: Path, *, channels: Optional[str]) -> Dict[str, Tensor]:
+    blobs = read_detectron2_pickle(path)
+    if not is_caffe2_names(blobs):  # e.g. detectron2's own model_final pickles: arrays as they are
+        return {k: torch.from_numpy(v.copy()) for k, v in blobs.items()}
+    if channels is None:
+        channels = "BGR"
+        log.info("%s: Caffe2 names; converted assuming BGR input (detectron2's default INPUT.FORMAT): the first "
+                 "conv's input channels are reversed so that the network takes RGB", path)
+    return convert_detectron2_names(blobs, channels=channels)
 
 
 def _unwrap(raw: object, where: str) -> Dict[str, Tensor]:
@@ -198,8 +236,8 @@ def load_weights(
 
     Args:
         model: any module of this project (a ResNet, a backbone, a detector) or another module.
-        source: a path, an http(s) URL (cached by torch.hub; offline gives an error naming the URL),
-            or a state dict, possibly wrapped (``{"state_dict": ...}``, ``{"model": ...}``, a Lightning
+        source: a path, an http(s) URL (cached by torch.hub; offline gives an error naming the URL and where
+            to put the file), a weights name (``"torchvision://resnet50"``; see `resnet_fpn.hub`), or a state dict, possibly wrapped (``{"state_dict": ...}``, ``{"model": ...}``, a Lightning
             checkpoint).
         strict: raise if any model key is missing or any checkpoint key is left over.
         skip_mismatched: leave tensors whose shapes differ at their init and report them (fine-tuning a

@@ -15,10 +15,13 @@ ALLOWED = {
     "files": set(),
     "coco_format": set(),
     "preprocessing": set(),
-    "weights": {"preprocessing"},
+    "detectron2_names": set(),
+    # hub reads the variant table (models/variants.py, plain data) to know which timm architectures are ours.
+    "hub": {"preprocessing", "files", "models"},
+    "weights": {"preprocessing", "hub", "detectron2_names"},
     "models": {"weights"},
     "backbone": {"models", "weights"},
-    "detectors": {"backbone", "models", "weights", "preprocessing"},
+    "detectors": {"backbone", "models", "weights", "preprocessing", "hub"},
     "data": {"coco_format", "files"},
     "evaluation": {"coco_format", "files", "data"},
     "visualize": {"coco_format"},
@@ -27,7 +30,7 @@ ALLOWED = {
     "deploy": {"detectors", "backbone", "models", "weights", "files"},
     "evaluate": {"checkpoint", "data", "deploy", "evaluation"},
     "training": {"backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize"},
-    "cli": {"preprocessing", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
+    "cli": {"preprocessing", "hub", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
             "deploy", "files", "predictor", "training", "visualize"},
 }
 
