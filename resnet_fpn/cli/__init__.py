@@ -6,6 +6,7 @@
     resnet-fpn export  --backbone resnet50-fpn --format onnx ONNX / TorchScript, checked against eager
     resnet-fpn bench   --backbone resnet50-fpn               time a model here (or profile a training step)
     resnet-fpn zoo                                           the model zoo table
+    resnet-fpn weights 'torchvision://resnet50*'             the named pretrained weights
 
 Each subcommand is a module of this package with ``add_arguments(parser)`` and ``run(args) -> int``; this
 file owns what they share: parsing, and turning expected failures into one line on stderr with exit status 2
@@ -30,6 +31,7 @@ COMMANDS = {
     "bench": "bench",
     "zoo": "zoo",
     "check-data": "check_data",
+    "weights": "weights",
 }
 # One line each for `resnet-fpn --help` (the modules' docstrings hold the long help).
 SUMMARIES = {
@@ -40,6 +42,7 @@ SUMMARIES = {
     "bench": "time a backbone or detector on this machine, or profile a training step",
     "zoo": "print the model zoo table (parameters, GMACs, channels); --markdown writes docs/model_zoo.md",
     "check-data": "check a COCO data set (JSON and images): report.json, summary.md, plots; exit 1 on errors",
+    "weights": "list the named pretrained weights (torchvision://, timm://, detectron2://): accuracy, input, options",
 }
 
 
