@@ -468,9 +468,10 @@ def _fetch_hf(entry: NamedWeights) -> Path:
     raise ValueError(
         f"{entry.name}: could not fetch {' or '.join(files)} of the Hugging Face repository {entry.hf_hub_id} "
         f"({'; '.join(problems)}){' with HF_HUB_OFFLINE set' if constants.HF_HUB_OFFLINE else ''}. The cache "
-        f"looked in is {cache_path(entry)} (HF_HUB_CACHE, by default $HF_HOME/hub; {home}): download the "
-        f"repository there elsewhere (`hf download {entry.hf_hub_id} {files[0]}`) and copy the cache, or set "
-        f"HF_HOME / HF_HUB_CACHE to a cache that has it, or pass the file's local path instead"
+        f"looked in is {cache_path(entry)} (HF_HUB_CACHE, by default $HF_HOME/hub; {home}): on a machine with "
+        f"network run `hf download {entry.hf_hub_id} {files[0]}` and copy its cache folder "
+        f"{cache_path(entry).name} there, or set HF_HOME / HF_HUB_CACHE to a cache that has it, or pass the "
+        f"file's local path instead"
     )
 
 
