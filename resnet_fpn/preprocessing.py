@@ -2,8 +2,8 @@
 
 Every detector of this project takes torchvision's input: float RGB images with values in [0, 1]. A set of
 weights was trained on pixels prepared some other way (torchvision: RGB in [0, 1], ImageNet mean/std;
-detectron2's MSRA nets: BGR in [0, 255], mean [103.530, 116.280, 123.675], std 1; its FAIR nets: RGB in
-[0, 255], std [57.375, 57.120, 58.395]). `Preprocessing` states it in the source's own terms, and
+detectron2's MSRA nets: BGR in [0, 255], mean [103.530, 116.280, 123.675], std 1; its FAIR X-101: BGR in
+[0, 255], the same mean and std [57.375, 57.120, 58.395], i.e. ImageNet's in BGR order). `Preprocessing` states it in the source's own terms, and
 `image_mean`/`image_std` restate it in the terms of torchvision's ``GeneralizedRCNNTransform`` (RGB, [0, 1]),
 which is all a detector needs: a BGR source is made RGB once, when its weights are converted (the first conv's
 input channels are reversed), so nothing at run time flips channels.

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert list(COMMANDS) == ["train", "eval", "infer", "export", "bench", "zoo", "check-data"]
+    assert list(COMMANDS) == ["train", "eval", "infer", "export", "bench", "zoo", "check-data", "weights"]
     for name in COMMANDS:
         assert f"    {name} " in out or f"    {name}\n" in out  # a long name gets its help on the next line
 
