@@ -12,7 +12,8 @@ from .base import Backbone
 from .norms import check_freeze_at, freeze_module, norm_layer_for
 from .shape import ShapeSpec
 
-__all__ = ["STAGES", "ResNetFeatures", "check_out_features"]
+# ResNetOptions is re-exported: the backbone layer is what the training config may import (docs/architecture.md).
+__all__ = ["STAGES", "ResNetFeatures", "ResNetOptions", "check_out_features"]
 
 # Feature name -> (module, stride). `c<i>` has stride 2**i (Lin et al., 2017 name the stage outputs C2..C5).
 STAGES = OrderedDict(c2=("layer1", 4), c3=("layer2", 8), c4=("layer3", 16), c5=("layer4", 32))
@@ -41,7 +42,8 @@ class ResNetFeatures(ResNet, Backbone):
         norm: "frozen_bn", "bn", "sync_bn" or "gn".
         freeze_at: detectron2's meaning: 0 nothing frozen, 1 the stem, 2 stem + c2, ..., 5 everything.
             Frozen means no gradient, and BN turned into FrozenBatchNorm2d (statistics never move).
-        options: architecture options (``ResNetOptions`` or a mapping of its fields).
+        options: architecture options (``ResNetOptions`` or a mapping of its fields): shortcut, stride
+            placement, dilation, weight-standardised or deformable convs, gradient checkpointing of the blocks.
 
     Example:
         >>> body = ResNetFeatures(get_variant("resnet50"), out_features=["c3", "c5"])
@@ -99,7 +101,7 @@ class ResNetFeatures(ResNet, Backbone):
         x = self.stem(x)
         out: "OrderedDict[str, Tensor]" = OrderedDict()
         for name, (module, _) in STAGES.items():
-            x = getattr(self, module)(x)
+            x = self.run_stage(module, x)  # blocks checkpointed with options.grad_checkpointing
             if name == "c5" and hasattr(self, "norm"):
                 x = self.relu(self.norm(x))
             if name in self._shapes:

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Tuple, Type, Union
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from ..models.recompute import needs_checkpoint, run_checkpointed
 from .base import Backbone
 from .norms import norm_layer_for
 from .shape import ShapeSpec
@@ -93,6 +94,10 @@ class FPNBackbone(Backbone):
             (each added level has twice the stride of the one before).
         fpn_channels: channels of every pyramid level (``out_channels``).
         norm: None (plain convs, as torchvision and detectron2's default), "bn" or "gn" in the FPN convs.
+        grad_checkpointing: in training with grad enabled, the FPN's forward (lateral and output convs, top
+            block) is recomputed in backward instead of keeping its intermediate activations (Chen et al.
+            2016; ``torch.utils.checkpoint``, non-reentrant). The body checkpoints its own blocks through
+            ``ResNetOptions.grad_checkpointing``, which ``build_backbone`` also passes here.
 
     Example:
         >>> fpn = FPNBackbone(ResNetFeatures(get_variant("resnet18")))
@@ -101,8 +106,10 @@ class FPNBackbone(Backbone):
     """
 
     def __init__(self, body: nn.Module, *, top_block: Union[str, ExtraFPNBlock] = "maxpool",
-                 fpn_channels: int = 256, norm: Optional[str] = None) -> None:
+                 fpn_channels: int = 256, norm: Optional[str] = None, grad_checkpointing: bool = False) -> None:
         super().__init__()
+        if not isinstance(grad_checkpointing, bool):
+            raise TypeError(f"grad_checkpointing must be a bool, got {grad_checkpointing!r}")
         if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
             raise ValueError(f"fpn_channels must be a positive int, got {fpn_channels!r}")
         if norm not in FPN_NORMS:
@@ -119,6 +126,7 @@ class FPNBackbone(Backbone):
         if not isinstance(extra, ExtraFPNBlock) or not isinstance(getattr(extra, "names", None), tuple):
             raise TypeError(f"top_block must be a name of {list(TOP_BLOCKS)} or an ExtraFPNBlock with a `names` "
                             f"tuple, got {top_block!r}")
+        self.grad_checkpointing = grad_checkpointing
         self.body = body
         self.fpn = FeaturePyramidNetwork(
             [shape.channels for shape in in_shapes.values()],
@@ -143,4 +151,7 @@ class FPNBackbone(Backbone):
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         features = self.body(x)
         # torchvision's FPN names its outputs after its inputs: number them as torchvision's extractor does.
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features.values())))
+        levels = OrderedDict((str(i), f) for i, f in enumerate(features.values()))
+        if self.grad_checkpointing and needs_checkpoint(self.fpn, levels):
+            return run_checkpointed(self.fpn, levels)
+        return self.fpn(levels)

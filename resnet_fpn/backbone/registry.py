@@ -4,11 +4,14 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from dataclasses import fields
 from functools import partial
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
+from ..models.convs import is_new_when_loading
+from ..models.resnet import ResNetOptions
 from ..models.variants import VARIANTS, get_variant, suggest_names
 from ..weights import WeightsSource, load_weights
 from .features import STAGES, ResNetFeatures
@@ -20,7 +23,8 @@ __all__ = ["build_backbone", "check_backbone_name", "list_backbones", "register_
 
 log = logging.getLogger(__name__)
 
-# A factory receives every option already resolved (no "auto", no None) and returns a module that has
+# A factory receives every option already resolved (no "auto", no None; `options` a ResNetOptions) and returns
+# a module that has
 # `output_shape()` (and `out_channels` where torchvision's detectors need it). Weights are loaded and
 # stages frozen by the factory, since only it knows its module layout.
 BackboneFactory = Callable[..., nn.Module]
@@ -31,8 +35,10 @@ def register_backbone(name: str, factory: Optional[BackboneFactory] = None):
     """Register a backbone factory under `name` (usable as a decorator).
 
     The factory is called as
-    ``factory(*, weights, norm, freeze_at, out_features, top_block, fpn_channels, fpn_norm)``
-    with resolved values (see `build_backbone`).
+    ``factory(*, weights, norm, freeze_at, out_features, top_block, fpn_channels, fpn_norm, options)``
+    with resolved values (see `build_backbone`; `options` is a ``ResNetOptions``). A factory that does not
+    declare ``fpn_norm`` or ``options`` (written before they existed) still works, and refuses only their
+    non-default values.
 
     Raises:
         ValueError: `name` is already registered or starts with the reserved ``timm:`` prefix.
@@ -129,7 +135,12 @@ def _load_into_backbone(model: nn.Module, weights: WeightsSource, *, name: str, 
     report = load_weights(model, weights, strict=False)
     prefix = next(n for n, m in model.named_modules() if m is stages)
     prefix = f"{prefix}." if prefix else ""
-    body_missing = [k for k in report.missing if not k.startswith("fpn.")]
+    # A deformable conv's offset predictor is new to a plain checkpoint: zero-initialised, it makes the conv
+    # the plain one, so leaving it unset is what loading a plain checkpoint means.
+    new = {f"{name}.{p}" for name, m in model.named_modules() if is_new_when_loading(m)
+           for p, _ in m.named_parameters(recurse=False)}
+    new_missing = [k for k in report.missing if k in new]
+    body_missing = [k for k in report.missing if not k.startswith("fpn.") and k not in new]
     if body_missing:
         loaded = _prefixes_of(report.loaded)
         unset = [_first_absent(k, loaded) for k in body_missing]
@@ -150,7 +161,10 @@ def _load_into_backbone(model: nn.Module, weights: WeightsSource, *, name: str, 
             f"{_modules_listed(absent)} (e.g. {next(iter(lacking))}); is the checkpoint for "
             f"another architecture (a deeper ResNet, SE blocks, another stem)?"
         )
-    fpn_missing = len(report.missing) - len(body_missing)
+    if new_missing:
+        log.info("weights %s: %d deformable-conv offset tensors not in the checkpoint, left at zero (the plain "
+                 "conv at initialisation), e.g. %s", report.source, len(new_missing), new_missing[0])
+    fpn_missing = len(report.missing) - len(body_missing) - len(new_missing)
     if fpn_missing:
         log.info("weights %s: FPN left at its initialisation (%d tensors not in the checkpoint)", report.source,
                  fpn_missing)
@@ -160,9 +174,12 @@ def _load_into_backbone(model: nn.Module, weights: WeightsSource, *, name: str, 
 
 
 def _resnet_factory(variant_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
-                    fpn_channels, fpn_norm) -> nn.Module:
-    body = ResNetFeatures(get_variant(variant_name), out_features=out_features, norm=norm)
-    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels, norm=fpn_norm) if with_fpn else body
+                    fpn_channels, fpn_norm, options: ResNetOptions) -> nn.Module:
+    body = ResNetFeatures(get_variant(variant_name), out_features=out_features, norm=norm, options=options)
+    # One switch for the whole backbone: checkpointing the body's blocks and not the FPN would leave the
+    # stride-4 FPN level (the largest activations after c2) stored.
+    model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels, norm=fpn_norm,
+                        grad_checkpointing=options.grad_checkpointing) if with_fpn else body
     if weights is not None:
         _load_into_backbone(model, weights, name=f"{variant_name}-fpn" if with_fpn else variant_name, stages=body)
     body.freeze(freeze_at)  # after loading, so frozen BN copies the loaded statistics
@@ -175,7 +192,11 @@ for _name in VARIANTS:
 
 
 def _timm_factory(model_name: str, *, with_fpn: bool, weights, norm, freeze_at, out_features, top_block,
-                  fpn_channels, fpn_norm) -> nn.Module:
+                  fpn_channels, fpn_norm, options: ResNetOptions) -> nn.Module:
+    given = _non_default(options)
+    if given:
+        raise ValueError(f"backbone 'timm:{model_name}{'-fpn' if with_fpn else ''}' does not take ResNet options: "
+                         f"got {given}; they apply to this project's ResNets (list_backbones()) only")
     body = TimmFeatures(model_name, out_features=out_features, norm=norm)
     model = FPNBackbone(body, top_block=top_block, fpn_channels=fpn_channels, norm=fpn_norm) if with_fpn else body
     if weights is not None:
@@ -195,6 +216,7 @@ def build_backbone(
     top_block: str = "maxpool",
     fpn_channels: int = 256,
     fpn_norm: Optional[str] = None,
+    options: Union[ResNetOptions, Mapping[str, object], None] = None,
 ) -> nn.Module:
     """Build a backbone by name, ready for torchvision's detectors.
 
@@ -213,26 +235,35 @@ def build_backbone(
             RetinaNet v1 and FCOS) or "p6p7_c5" (P6 from C5: RetinaNet as published, torchvision's v2).
         fpn_channels: channels of each pyramid level.
         fpn_norm: None (plain FPN convs), "bn" (torchvision's v2 detectors) or "gn".
+        options: ResNet architecture options, a ``ResNetOptions`` or a mapping of its fields (``{"deform_stages":
+            ["c3", "c4", "c5"], "grad_checkpointing": True}``): passed to the ResNet body; with
+            ``grad_checkpointing`` the FPN is checkpointed too. timm backbones refuse any non-default option.
 
     Returns:
         A module with ``output_shape()`` and, with FPN, ``out_channels`` (what torchvision's detectors read).
 
     Raises:
-        ValueError: unknown name (the closest valid names are suggested), bad option values, or weights
-            that leave backbone tensors unset (named).
+        ValueError: unknown name (the closest valid names are suggested), bad option values (an unknown ResNet
+            option is named with the valid ones), ResNet options for a timm backbone, or weights that leave
+            backbone tensors unset (named). A deformable conv's offsets are not "unset": a plain checkpoint
+            leaves them at zero, which computes the plain network.
         TypeError: options of the wrong type.
 
     Example:
         >>> from torchvision.models.detection import FasterRCNN
         >>> model = FasterRCNN(build_backbone("resnet50-fpn"), num_classes=91)
+        >>> dcn = build_backbone("resnet50-fpn", options={"deform_stages": ["c3", "c4", "c5"]})
+        >>> {k: tuple(v.shape) for k, v in dcn(torch.zeros(1, 3, 64, 64)).items()}["0"]
+        (1, 256, 16, 16)
     """
     check_backbone_name(name)
+    resnet_options = ResNetOptions.coerce(options)
     resolved_norm, resolved_freeze = resolve_norm_and_freeze(norm, freeze_at, pretrained=weights is not None)
     check_top_block(top_block)
     if out_features is None:
         out_features = list(STAGES)[1:] if top_block.startswith("p6p7") else list(STAGES)
     options = dict(weights=weights, norm=resolved_norm, freeze_at=resolved_freeze, out_features=out_features,
-                   top_block=top_block, fpn_channels=fpn_channels, fpn_norm=fpn_norm)
+                   top_block=top_block, fpn_channels=fpn_channels, fpn_norm=fpn_norm, options=resnet_options)
     if name.startswith("timm:"):
         model_name = name[len("timm:"):]
         with_fpn = model_name.endswith("-fpn")
@@ -242,7 +273,14 @@ def build_backbone(
 
 # Options added to the factory protocol after its first version: a factory that does not declare one still
 # works, and refuses only a non-default value of it (instead of a TypeError from deep inside).
-_LATER_OPTIONS = {"fpn_norm": None}
+_LATER_OPTIONS: Dict[str, object] = {"fpn_norm": None, "options": ResNetOptions()}
+
+
+def _non_default(options: ResNetOptions) -> Dict[str, object]:
+    """The fields of `options` that differ from their defaults."""
+    default = ResNetOptions()
+    return {f.name: getattr(options, f.name) for f in fields(options)
+            if getattr(options, f.name) != getattr(default, f.name)}
 
 
 def _call_factory(name: str, factory: BackboneFactory, options: Dict[str, object]) -> nn.Module:
@@ -254,6 +292,7 @@ def _call_factory(name: str, factory: BackboneFactory, options: Dict[str, object
         if key in params:
             continue
         if call.pop(key) != default:
-            raise ValueError(f"backbone {name!r} does not support the option {key}={options[key]!r} (its factory "
+            value = _non_default(options[key]) if isinstance(options[key], ResNetOptions) else options[key]
+            raise ValueError(f"backbone {name!r} does not support the option {key}={value!r} (its factory "
                              f"declares only {list(params)})")
     return factory(**call)

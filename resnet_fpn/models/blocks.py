@@ -1,7 +1,9 @@
 """Residual blocks, squeeze-excitation and the shortcut options of the ResNet paper.
 
 Parameter names follow torchvision (`conv1`, `bn1`, ..., `downsample.0/1`) and timm where the
-architecture is timm's (`se.fc1/se.fc2`; ResNet-D `downsample.1/2` behind an average pool).
+architecture is timm's (`se.fc1/se.fc2`; ResNet-D `downsample.1/2` behind an average pool). The convs may be
+weight-standardised and the 3x3 of a block (``conv2``) deformable (`resnet_fpn.models.convs`), with the
+same names: a deformable ``conv2`` keeps ``conv2.weight`` and adds ``conv2.offset.*``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .convs import CONVS, DeformConv2d, make_conv
 
 __all__ = [
     "SHORTCUTS",
@@ -31,13 +35,14 @@ NormLayer = Callable[[int], nn.Module]
 SHORTCUTS = ("A", "B", "C", "none")
 
 
-def conv3x3(in_ch: int, out_ch: int, *, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+def conv3x3(in_ch: int, out_ch: int, *, stride: int = 1, groups: int = 1, dilation: int = 1,
+            conv: str = "plain") -> nn.Conv2d:
     # padding = dilation keeps ceil(H / stride) outputs for every input size.
-    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation, bias=False)
+    return make_conv(conv, in_ch, out_ch, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation)
 
 
-def conv1x1(in_ch: int, out_ch: int, *, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+def conv1x1(in_ch: int, out_ch: int, *, stride: int = 1, conv: str = "plain") -> nn.Conv2d:
+    return make_conv(conv, in_ch, out_ch, 1, stride=stride)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -98,6 +103,7 @@ def make_shortcut(
     stride: int,
     norm_layer: Optional[NormLayer],
     avg_down: bool = False,
+    conv: str = "plain",
 ) -> Optional[nn.Module]:
     """The `downsample` module of a block, or None for an identity (or absent) shortcut.
 
@@ -108,6 +114,7 @@ def make_shortcut(
         norm_layer: the norm after the projection conv; None for pre-activation blocks, whose
             projection reads the already normalised input (He et al., 2016b).
         avg_down: ResNet-D: a 2x2 average pool carries the stride, the 1x1 conv has stride 1.
+        conv: the projection conv's kind, "plain" or "ws" (see ``resnet_fpn.models.convs.CONVS``).
     """
     if kind not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {kind!r}")
@@ -122,9 +129,9 @@ def make_shortcut(
     if avg_down:
         # ceil_mode and count_include_pad=False: ceil(H / 2) outputs, edge windows averaged over real pixels.
         pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        layers += [pool, conv1x1(in_ch, out_ch)]
+        layers += [pool, conv1x1(in_ch, out_ch, conv=conv)]
     else:
-        layers.append(conv1x1(in_ch, out_ch, stride=stride))
+        layers.append(conv1x1(in_ch, out_ch, stride=stride, conv=conv))
     if norm_layer is not None:
         layers.append(norm_layer(out_ch))
     return nn.Sequential(*layers)
@@ -139,6 +146,9 @@ class BlockOptions:
         norm_layer: a callable ``channels -> module`` (torchvision's convention).
         se: squeeze-excitation after the last conv.
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (MSRA/Caffe) instead of the 3x3.
+        conv: "plain" or "ws" (weight standardisation) for every conv of the block.
+        deform: the block's 3x3 conv ``conv2`` is deformable (DCN), with `deform_modulated` (DCNv2) and
+            `deform_groups` offset groups (see ``resnet_fpn.models.convs.DeformConv2d``).
     """
 
     groups: int = 1
@@ -146,6 +156,23 @@ class BlockOptions:
     norm_layer: NormLayer = nn.BatchNorm2d
     se: bool = False
     stride_in_1x1: bool = False
+    conv: str = "plain"
+    deform: bool = False
+    deform_modulated: bool = True
+    deform_groups: int = 1
+
+    def __post_init__(self) -> None:
+        if self.conv not in CONVS:
+            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
+
+    def conv3x3(self, in_ch: int, out_ch: int, *, stride: int = 1, groups: int = 1, dilation: int = 1,
+                deformable: bool = False) -> nn.Module:
+        """A 3x3 conv of the block's kind; deformable when `deformable` and the block is (``deform``)."""
+        if deformable and self.deform:
+            return DeformConv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
+                                deform_groups=self.deform_groups, modulated=self.deform_modulated,
+                                standardize=self.conv == "ws")
+        return conv3x3(in_ch, out_ch, stride=stride, groups=groups, dilation=dilation, conv=self.conv)
 
     def check_basic(self) -> None:
         if self.groups != 1 or self.width_per_group != 64:
@@ -179,7 +206,11 @@ class _Residual(nn.Module):
 
 
 class BasicBlock(_Residual):
-    """Two 3x3 convs (ResNet-18/34). torchvision's names: conv1, bn1, conv2, bn2, downsample."""
+    """Two 3x3 convs (ResNet-18/34). torchvision's names: conv1, bn1, conv2, bn2, downsample.
+
+    With ``options.deform`` the second 3x3 (``conv2``, stride 1) is deformable: the block's "3x3" in the sense
+    of detectron2's deformable bottleneck, the one conv named alike in every block kind.
+    """
 
     expansion = 1
 
@@ -198,10 +229,10 @@ class BasicBlock(_Residual):
         super().__init__(downsample, has_shortcut)
         norm_layer = options.norm_layer
         options.check_basic()
-        self.conv1 = conv3x3(in_ch, planes, stride=stride, dilation=first_dilation)
+        self.conv1 = options.conv3x3(in_ch, planes, stride=stride, dilation=first_dilation)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.conv2 = options.conv3x3(planes, planes, dilation=dilation, deformable=True)
         self.bn2 = norm_layer(planes)
         self.se = SqueezeExcite(planes) if options.se else None
 
@@ -220,7 +251,8 @@ class Bottleneck(_Residual):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand x4. torchvision's names.
 
     The stride sits on the 3x3 conv (ResNet v1.5, torchvision) unless ``stride_in_1x1`` (the original
-    MSRA/Caffe placement that detectron2's ImageNet weights use).
+    MSRA/Caffe placement that detectron2's ImageNet weights use). With ``options.deform`` the 3x3 (``conv2``)
+    is deformable, with its stride and dilation (detectron2's ``DeformBottleneckBlock``).
     """
 
     expansion = 4
@@ -242,11 +274,12 @@ class Bottleneck(_Residual):
         width, groups = options.bottleneck_width(planes), options.groups
         out_ch = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if options.stride_in_1x1 else (1, stride)
-        self.conv1 = conv1x1(in_ch, width, stride=stride_1x1)
+        self.conv1 = conv1x1(in_ch, width, stride=stride_1x1, conv=options.conv)
         self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride=stride_3x3, groups=groups, dilation=first_dilation)
+        self.conv2 = options.conv3x3(width, width, stride=stride_3x3, groups=groups, dilation=first_dilation,
+                                     deformable=True)
         self.bn2 = norm_layer(width)
-        self.conv3 = conv1x1(width, out_ch)
+        self.conv3 = conv1x1(width, out_ch, conv=options.conv)
         self.bn3 = norm_layer(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_ch) if options.se else None
@@ -287,9 +320,9 @@ class PreActBasicBlock(_Residual):
         norm_layer = options.norm_layer
         options.check_basic()
         self.bn1 = norm_layer(in_ch)
-        self.conv1 = conv3x3(in_ch, planes, stride=stride, dilation=first_dilation)
+        self.conv1 = options.conv3x3(in_ch, planes, stride=stride, dilation=first_dilation)
         self.bn2 = norm_layer(planes)
-        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.conv2 = options.conv3x3(planes, planes, dilation=dilation, deformable=True)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(planes) if options.se else None
 
@@ -331,11 +364,12 @@ class PreActBottleneck(_Residual):
         out_ch = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if options.stride_in_1x1 else (1, stride)
         self.bn1 = norm_layer(in_ch)
-        self.conv1 = conv1x1(in_ch, width, stride=stride_1x1)
+        self.conv1 = conv1x1(in_ch, width, stride=stride_1x1, conv=options.conv)
         self.bn2 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride=stride_3x3, groups=groups, dilation=first_dilation)
+        self.conv2 = options.conv3x3(width, width, stride=stride_3x3, groups=groups, dilation=first_dilation,
+                                     deformable=True)
         self.bn3 = norm_layer(width)
-        self.conv3 = conv1x1(width, out_ch)
+        self.conv3 = conv1x1(width, out_ch, conv=options.conv)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_ch) if options.se else None
 
