@@ -3,6 +3,7 @@
     resnet-fpn train --config configs/demo_cpu.yaml
     resnet-fpn train --config configs/faster_rcnn_R50_FPN_1x.yaml --data-root /data/coco --devices 8
     resnet-fpn train --backbone resnet18-fpn --data-root ../shared/data/coco128 --max-steps 200
+    resnet-fpn train --config configs/demo_cpu.yaml --backbone-opt deform_stages=[c3,c4,c5] --backbone-opt grad_checkpointing=true
 
 Flags override the YAML recipe. Writes OUTPUT_DIR/metrics.json, OUTPUT_DIR/checkpoints/ (last.ckpt,
 best.ckpt), pictures of predictions and the AP-vs-time curve. `--resume` continues from last.ckpt.
@@ -10,8 +11,11 @@ best.ckpt), pictures of predictions and the AP-vs-time curve. `--resume` continu
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
-from typing import List, Union
+from typing import Any, List, Tuple, Union
+
+import yaml
 
 from ..detectors import list_detectors
 
@@ -43,6 +47,30 @@ def devices(value: str) -> Union[str, int, List[int]]:
         raise argparse.ArgumentTypeError(f"expected a count, 'auto' or a list like 0,1; got {value!r}") from None
 
 
+def backbone_opt(text: str) -> Tuple[str, Any]:
+    """``--backbone-opt KEY=VALUE``: one ResNet option (a field of ``ResNetOptions``), VALUE read as YAML.
+
+    ``deform_stages=[c4,c5]`` gives ``("deform_stages", ["c4", "c5"])``, ``stride_in_1x1=true`` a bool,
+    ``deform_groups=2`` an int. The key and value are checked with the recipe (``model.backbone_options``).
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=``, an empty or dotted key, an empty value, or a value that is not YAML.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a ResNet option (e.g. deform_stages=[c3,c4,c5], "
+                                         f"stride_in_1x1=true), got {text!r}")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: the value {value!r} is not a YAML scalar or list: "
+                                         f"{str(exc).splitlines()[0]}") from None
+    if parsed is None:  # no option takes null, and the recipe's overrides would skip it silently
+        raise argparse.ArgumentTypeError(f"{key}: no value given ({text!r}); e.g. {key}=true or {key}=[c4,c5]")
+    return key, parsed
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The train subcommand's flags (each overrides one key of the YAML recipe)."""
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
@@ -50,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="e.g. resnet50-fpn, resnext101_32x8d-fpn, timm:convnext_tiny-fpn")
     p.add_argument("--weights", help="a whole detector checkpoint to start from (path or URL)")
     p.add_argument("--backbone-weights", help="ImageNet (or detection) weights for the backbone (path or URL)")
+    p.add_argument("--backbone-opt", type=backbone_opt, action="append", default=[], metavar="KEY=VALUE",
+                   help="a ResNet option over the recipe's model.backbone_options (repeatable; VALUE as YAML), "
+                        "e.g. deform_stages=[c3,c4,c5], conv=ws, grad_checkpointing=true; see docs/backbones.md")
     p.add_argument("--data-root", help="annotations/instances_{train,val}.json + images/, or COCO 2017's layout")
     p.add_argument("--train-ann")
     p.add_argument("--train-images")
@@ -94,5 +125,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items()}
     # Flags go through the recipe's checks; an error names the flag: "--max-steps (trainer.max_steps) must be ...".
     flags = {key: "--" + dest.replace("_", "-") for dest, key in OVERRIDES.items()}
+    # Each --backbone-opt sets one key of model.backbone_options, over the recipe's (the later flag wins).
+    for key, value in getattr(args, "backbone_opt", None) or []:
+        overrides[f"model.backbone_options.{key}"] = value
+        flags[f"model.backbone_options.{key}"] = f"--backbone-opt {key}"
     train(load_config(args.config, overrides=overrides, override_names=flags), resume=args.resume)
     return 0

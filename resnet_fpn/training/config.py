@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import yaml
 
 from ..backbone import NORMS, check_backbone_name
+from ..backbone.features import ResNetOptions
 from ..detectors import build_detector, list_detectors
 from ..evaluation import BACKENDS
 
@@ -180,6 +181,10 @@ MODEL_RANGES: Dict[str, Range] = {
     "mask_head_dim": AT_LEAST_1,
     "score_thresh": FRACTION,
     "detections_per_img": AT_LEAST_1,
+    "num_keypoints": AT_LEAST_1,
+    # torchvision's transform normalises RGB pixels in [0, 1]: a mean outside them, or a std <= 0, is a mistake.
+    "image_mean": FRACTION,
+    "image_std": POSITIVE,
 }
 MODEL_CHOICES: Dict[str, Tuple[str, ...]] = {"model": tuple(list_detectors()), "norm": tuple(NORMS)}
 
@@ -360,7 +365,29 @@ def _check_model(section: Any, names: _Names) -> Dict[str, Any]:
         check_backbone_name(model["backbone"])
     except ValueError as exc:
         raise ValueError(f"{names(('model', 'backbone'))}: {exc}") from None
+    if model.get("backbone_options") is not None:
+        _check_backbone_options(model["backbone_options"], names)
     return model
+
+
+def _check_backbone_options(options: Mapping[str, Any], names: _Names) -> None:
+    """``model.backbone_options`` checked by ``ResNetOptions`` itself (THE declaration), key by key, so an error
+    names ``model.backbone_options.<key>`` (or the ``--backbone-opt`` that set it) and the allowed values.
+
+    Raises:
+        ValueError: an unknown key (the valid keys listed) or a value ``ResNetOptions`` refuses.
+    """
+    valid = [f.name for f in dataclasses.fields(ResNetOptions)]
+    unknown = sorted(set(map(str, options)) - set(valid))
+    if unknown:
+        raise ValueError(f"{names(('model', 'backbone_options'))}: unknown key(s) {unknown}; valid keys are "
+                         f"ResNetOptions' fields: {valid}")
+    for key, value in options.items():
+        try:
+            ResNetOptions(**{key: value})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{names(('model', 'backbone_options', key))}: {exc}") from None
+    ResNetOptions.coerce(options)  # every field alone is fine; the whole must be too
 
 
 def config_from_dict(data: Mapping[str, Any], *, where: str = "config",
