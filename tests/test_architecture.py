@@ -15,6 +15,7 @@ ALLOWED = {
     "files": set(),
     "coco_format": set(),
     "preprocessing": set(),
+    "machine": set(),
     "detectron2_names": set(),
     # hub reads the variant table (models/variants.py, plain data) to know which timm architectures are ours.
     "hub": {"preprocessing", "files", "models"},
@@ -27,10 +28,10 @@ ALLOWED = {
     "visualize": {"coco_format"},
     "checkpoint": {"backbone", "detectors", "weights", "coco_format", "files", "preprocessing"},
     "predictor": {"checkpoint", "coco_format", "data"},
-    "deploy": {"detectors", "backbone", "models", "weights", "files"},
+    "deploy": {"detectors", "backbone", "models", "weights", "files", "machine"},
     "evaluate": {"checkpoint", "data", "deploy", "evaluation"},
-    "training": {"backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize"},
-    "cli": {"preprocessing", "hub", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
+    "training": {"machine", "backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize"},
+    "cli": {"machine", "preprocessing", "hub", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
             "deploy", "files", "predictor", "training", "visualize"},
 }
 
