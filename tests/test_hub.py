@@ -395,3 +395,48 @@ def test_cli_weights_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "stride_in_1x1=True" in out and "BGR [0,255] mean 103.53,116.28,123.675 std 1" in out
     assert "timm://" not in out.split("\n\n")[0] and "timm names of our architectures are not shown" in out
+
+
+def test_a_detector_on_msra_weights_takes_their_normalisation_and_stride_and_its_checkpoint_keeps_them(
+        torch_home, no_network, tmp_path):
+    from resnet_fpn import detector_from_checkpoint
+    from resnet_fpn.checkpoint import save_detector_checkpoint
+    from resnet_fpn.coco_format import Category
+
+    torch.manual_seed(0)
+    cached = hub.cache_path(MSRA_R50)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(pickle.dumps({"blobs": _to_caffe2(randomize_bn(torchvision.models.resnet50()).state_dict())}))
+    options = dict(model="faster_rcnn", num_classes=3, backbone="resnet50-fpn", backbone_weights=MSRA_R50,
+                   min_size=96, max_size=96)
+    detector = build_detector(**options)
+    # BGR [0, 255] minus MSRA's means, std 1 -> in torchvision's terms: RGB [0, 1], ImageNet's means, std 1/255.
+    assert detector.transform.image_mean == pytest.approx([123.675 / 255, 116.280 / 255, 103.530 / 255])
+    assert detector.transform.image_std == pytest.approx([1 / 255] * 3)
+    body = detector.backbone.body
+    assert body.layer2[0].conv1.stride == (2, 2) and body.layer2[0].conv2.stride == (1, 1)  # stride_in_1x1
+    with pytest.raises(ValueError, match=r"weights detectron2://ImageNetPretrained/MSRA/R-50\.pkl need backbone "
+                                         r"option stride_in_1x1=True .* but backbone_options say stride_in_1x1=False"):
+        build_detector(**options, backbone_options={"stride_in_1x1": False})
+
+    # The checkpoint records both, so it rebuilds without the weights file (the cache is emptied first).
+    path = save_detector_checkpoint(tmp_path / "d.ckpt", detector, model_options=options,
+                                    categories=[Category(1, 1, "a"), Category(2, 2, "b")])
+    cached.unlink()
+    rebuilt = detector_from_checkpoint(path).detector
+    assert rebuilt.transform.image_mean == detector.transform.image_mean
+    assert rebuilt.backbone.body.layer2[0].conv1.stride == (2, 2)
+    image = [torch.rand(3, 96, 96)]
+    with torch.no_grad():
+        a, b = detector.eval()(image)[0], rebuilt(image)[0]
+    assert torch.equal(a["boxes"], b["boxes"])
+
+
+def test_torchvision_v2_detector_name_loads_from_the_cache(torch_home, no_network):
+    state = torchvision.models.detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict()
+    cached = torch_home / _default_file_name("retinanet_resnet50_fpn_v2")
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    ours = build_detector("retinanet_v2", num_classes=91, weights="torchvision://retinanet_resnet50_fpn_v2")
+    got = ours.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
