@@ -10,7 +10,11 @@ from torch import nn
 from resnet_fpn import build_detector
 from resnet_fpn.detectors import DETECTORS, list_detectors, resolve_build_options
 
-SMALL = dict(min_size=128, max_size=128, fpn_channels=64)
+# Small images, few proposals and RoIs: the v2 box head runs four 256-channel convs on every RoI, so torchvision's
+# 2000 proposals and 512 RoIs per image would make each step cost ~100 GFLOPs.
+SMALL = dict(min_size=128, max_size=128, fpn_channels=64, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+             rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
+             detections_per_img=10)
 
 
 def _target(with_masks: bool = False):
@@ -155,7 +159,7 @@ def test_keypoint_rcnn_builds_and_predicts_but_is_not_trainable_by_the_tools():
 
 
 def test_post_processing_defaults_are_each_torchvision_class_own():
-    kwargs = dict(num_classes=3, backbone="resnet18-fpn", **SMALL)
+    kwargs = dict(num_classes=3, backbone="resnet18-fpn", min_size=128, max_size=128)
     assert build_detector("retinanet", **kwargs).detections_per_img == 300
     assert build_detector("fcos", **kwargs).score_thresh == 0.2
     rcnn = build_detector("faster_rcnn", **kwargs).roi_heads
