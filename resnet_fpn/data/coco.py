@@ -1,9 +1,10 @@
 """A torch ``Dataset`` over a COCO instances JSON, in the target format of torchvision's detectors.
 
-The JSON is read, validated and indexed once at construction (by ``resnet_fpn.coco_format.CocoAnnotations``,
-the same view the evaluator scores against); ``__getitem__`` (the data loader's hot path) only opens the image,
-looks up precomputed per-image arrays and, when masks are asked for, decodes them with pycocotools. See
-``docs/data.md`` for the full contract.
+The JSON is read, validated (the rules of ``resnet_fpn.coco_format.CocoAnnotations``) and packed once at
+construction into a compact index of numpy arrays (``resnet_fpn.data.index``), which forked loader workers
+share; ``__getitem__`` (the data loader's hot path) only opens the image, slices the per-image arrays and, when
+masks are asked for, decodes the image's polygons with pycocotools. The evaluator's ground truth
+(``annotations``) is read only where it is asked for. See ``docs/data.md`` for the full contract.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from pycocotools.coco import COCO
 
 from ..coco_format import MIN_POLYGON_COORDS, CocoAnnotations
 from .images import read_image
+from .index import TrainingIndex, build_training_index
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def box_outside_image(bbox: Any, *, width: float, height: float) -> bool:
 
 @dataclass(frozen=True)
 class _ImageRecord:
-    """Everything ``__getitem__`` needs about one image, computed once at construction."""
+    """Everything ``__getitem__`` needs about one image, read from the compact index when asked for."""
 
     image_id: int
     file_name: str
@@ -73,6 +75,35 @@ class _ImageRecord:
     labels: np.ndarray  # (N,) int64, contiguous 1..K
     area: np.ndarray  # (N,) float32, the annotation's ``area``
     segmentations: Tuple[Any, ...]  # N COCO segmentations (polygons or RLE), decoded only on demand
+
+
+class _Records(Sequence):
+    """Item ``i`` -> its :class:`_ImageRecord`, made on access from the :class:`TrainingIndex` (nothing kept)."""
+
+    def __init__(self, index: TrainingIndex, items: np.ndarray, *, with_segmentations: bool) -> None:
+        self._index, self._items, self._with_segmentations = index, items, with_segmentations
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, item: int) -> _ImageRecord:  # type: ignore[override]
+        index = self._index
+        position = int(self._items[item])
+        start, stop = index.annotation_range(position)
+        segmentations = tuple(index.segmentation(a) for a in range(start, stop)) if self._with_segmentations else ()
+        return _ImageRecord(
+            image_id=int(index.image_ids[position]),
+            file_name=index.file_name(position),
+            width=int(index.widths[position]),
+            height=int(index.heights[position]),
+            boxes=index.boxes[start:stop],
+            labels=index.labels[start:stop],
+            area=index.area[start:stop],
+            segmentations=segmentations,
+        )
+
+    def __iter__(self) -> Iterator[_ImageRecord]:
+        return (self[i] for i in range(len(self)))
 
 
 def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
@@ -130,9 +161,13 @@ class CocoDetection(torch.utils.data.Dataset):
             (``skipped_image_ids``). The data doctor's quick pass (``resnet_fpn.data.doctor.quick_check``)
             finds most such files before training.
 
+    The file is held as a compact index (:class:`resnet_fpn.data.index.TrainingIndex`: numpy arrays that
+    forked loader workers share instead of copying; polygons become lists only in ``__getitem__``), validated
+    at construction by the rules of :class:`resnet_fpn.coco_format.CocoAnnotations`, with its messages.
+
     Attributes:
-        annotations: the validated file (:class:`resnet_fpn.coco_format.CocoAnnotations`); pass it to
-            ``COCOEvaluator`` as the ground truth.
+        annotations: the validated file (:class:`resnet_fpn.coco_format.CocoAnnotations`), read on first
+            access (not at construction); pass it to ``COCOEvaluator`` as the ground truth.
         coco: a pycocotools ``COCO`` of the same data, built on first access only.
         ids, category_ids, category_names, label_to_category_id, category_id_to_label, num_classes: the
             image ids in item order and the label mapping (label ``i`` is ``category_ids[i - 1]``).
@@ -174,22 +209,24 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir} (for {self.ann_file})")
 
-        self.annotations = CocoAnnotations.from_file(self.ann_file)
+        # The compact index (numpy arrays, see resnet_fpn.data.index): what loader workers share read-only.
+        # The evaluator's ground truth (``annotations``) is loaded from the file only where it is asked for.
+        self._index: TrainingIndex = build_training_index(self.ann_file, keep_segmentations=self.with_masks)
+        self._annotations: Optional[CocoAnnotations] = None
         self._coco: Optional[COCO] = None  # built by the ``coco`` property on first use
-        self.category_ids: List[int] = list(self.annotations.category_ids)
-        self.category_names: List[str] = list(self.annotations.category_names)
-        self.label_to_category_id: Dict[int, int] = dict(self.annotations.label_to_category_id)
-        self.category_id_to_label: Dict[int, int] = dict(self.annotations.category_id_to_label)
+        self.category_ids: List[int] = self._index.category_ids.tolist()
+        self.category_names: List[str] = list(self._index.category_names)
+        self.label_to_category_id: Dict[int, int] = {i + 1: c for i, c in enumerate(self.category_ids)}
+        self.category_id_to_label: Dict[int, int] = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.num_classes = len(self.category_ids) + 1
-        self.ids: List[int] = list(self.annotations.image_ids)
-        self._records: List[_ImageRecord] = self._build_records()
-        self._aspect_ratios = np.array(
-            [record.width / record.height for record in self._records], dtype=np.float64
-        )
-        if self.with_masks:  # a malformed mask first: it says more than "has none"
-            self.annotations.check_segmentations()
-        unsegmented = self.annotations.unsegmented_ids
-        num_instances = len(self.annotations.annotations) - self.num_crowd
+        self._items = np.arange(len(self._index), dtype=np.int64)  # item -> image position in the index
+        self._records = _Records(self._index, self._items, with_segmentations=self.with_masks)
+        self.num_crowd = self._index.num_crowd
+        self.num_clipped = self._index.num_clipped
+        self.num_degenerate = self._index.num_degenerate
+        self._warn_rules()
+        unsegmented = self._index.unsegmented_ids.tolist()
+        num_instances = self._index.num_annotations - self.num_crowd
         self.has_masks = num_instances > 0 and not unsegmented
         if self.with_masks and unsegmented:
             more = f" (and {len(unsegmented) - 1} more)" if len(unsegmented) > 1 else ""
@@ -207,10 +244,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _leave_out(self, image_ids: set) -> None:
         """Drop the items of `image_ids` (``bad_images="skip"``), logging the count and the first ids."""
-        keep = [i for i, record in enumerate(self._records) if record.image_id not in image_ids]
-        self._records = [self._records[i] for i in keep]
-        self._aspect_ratios = self._aspect_ratios[keep]
-        self.ids = [record.image_id for record in self._records]
+        keep = ~np.isin(self._index.image_ids[self._items], np.fromiter(image_ids, dtype=np.int64))
+        self._items = self._items[keep]
+        self._records = _Records(self._index, self._items, with_segmentations=self.with_masks)
         self.skipped_image_ids.extend(sorted(image_ids))
         if not self._records:
             raise FileNotFoundError(f"{self.ann_file}: bad_images=skip, but every image file is missing in {self.images_dir}")
@@ -233,57 +269,36 @@ class CocoDetection(torch.utils.data.Dataset):
             self._coco = coco
         return self._coco
 
+    @property
+    def annotations(self) -> CocoAnnotations:
+        """The validated file (:class:`resnet_fpn.coco_format.CocoAnnotations`, every annotation, crowd included).
+
+        The evaluator's ground truth: read from the file on first access and kept (``COCOEvaluator`` loads it
+        where it runs), so the loader workers of a training set, which never ask, do not carry it.
+        """
+        if self._annotations is None:
+            self._annotations = CocoAnnotations.from_file(self.ann_file)
+        return self._annotations
+
+    @property
+    def ids(self) -> List[int]:
+        """The COCO image ids, in item order."""
+        return self._index.image_ids[self._items].tolist()
+
     # ------------------------------------------------------------------ construction helpers
-    def _build_records(self) -> List[_ImageRecord]:
-        """Apply the training-target rules (crowd left out, boxes clipped, degenerate boxes dropped)."""
-        num_clipped = num_degenerate = num_crowd = 0
-        records: List[_ImageRecord] = []
-        for image_id in self.ids:
-            img = self.annotations.images[image_id]
-            width, height = int(img["width"]), int(img["height"])
-            kept: List[Tuple[List[float], int, float, Any]] = []
-            for ann in self.annotations.annotations_by_image[image_id]:
-                if ann["iscrowd"]:
-                    num_crowd += 1
-                    continue
-                x1, y1, w, h = (float(v) for v in ann["bbox"])
-                x2, y2 = x1 + w, y1 + h
-                cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-                cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-                if w >= 0 and h >= 0 and box_outside_image(ann["bbox"], width=width, height=height):
-                    num_clipped += 1
-                if cx2 - cx1 < MIN_BOX_SIDE or cy2 - cy1 < MIN_BOX_SIDE:
-                    num_degenerate += 1
-                    continue
-                label = self.category_id_to_label[ann["category_id"]]
-                kept.append(([cx1, cy1, cx2, cy2], label, float(ann["area"]), ann.get("segmentation")))
-            records.append(
-                _ImageRecord(
-                    image_id=image_id,
-                    file_name=str(img["file_name"]),
-                    width=width,
-                    height=height,
-                    boxes=np.array([b for b, _, _, _ in kept], dtype=np.float32).reshape(-1, 4),
-                    labels=np.array([label for _, label, _, _ in kept], dtype=np.int64),
-                    area=np.array([a for _, _, a, _ in kept], dtype=np.float32),
-                    segmentations=tuple(seg for _, _, _, seg in kept),
-                )
-            )
-        self.num_crowd = num_crowd
-        self.num_clipped = num_clipped
-        self.num_degenerate = num_degenerate
-        if num_clipped:
+    def _warn_rules(self) -> None:
+        """One warning per file for the boxes the training-target rules clipped or dropped."""
+        if self.num_clipped:
             logger.warning(
-                "%s: %d box(es) partly outside their image were clipped to it", self.ann_file, num_clipped
+                "%s: %d box(es) partly outside their image were clipped to it", self.ann_file, self.num_clipped
             )
-        if num_degenerate:
+        if self.num_degenerate:
             logger.warning(
                 "%s: dropped %d degenerate box(es) (width or height < %g px after clipping) from the training targets",
                 self.ann_file,
-                num_degenerate,
+                self.num_degenerate,
                 MIN_BOX_SIDE,
             )
-        return records
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -304,7 +319,7 @@ class CocoDetection(torch.utils.data.Dataset):
         Returns:
             ``images_dir / file_name``.
         """
-        return self.images_dir / self._records[index].file_name
+        return self.images_dir / self._index.file_name(int(self._items[index]))
 
     def aspect_ratios(self) -> np.ndarray:
         """Width / height of every image, in item order, from the JSON (no image is opened).
@@ -312,7 +327,8 @@ class CocoDetection(torch.utils.data.Dataset):
         Returns:
             float64 array of shape ``(len(self),)``, for :func:`resnet_fpn.data.samplers.aspect_ratio_groups`.
         """
-        return self._aspect_ratios.copy()
+        positions = self._items
+        return self._index.widths[positions] / self._index.heights[positions].astype(np.float64)
 
     def check_files(self, *, raise_missing: bool = True) -> List[Path]:
         """Find the image files that do not exist, with one folder listing per distinct sub-folder.
@@ -341,8 +357,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """(path, image id) of every item whose image file does not exist."""
         listings: Dict[Path, set] = {}
         missing: List[Tuple[Path, int]] = []
-        for record in self._records:
-            path = self.images_dir / record.file_name
+        for item, position in enumerate(self._items.tolist()):
+            path = self.images_dir / self._index.file_name(position)
             folder = path.parent
             if folder not in listings:
                 try:
@@ -350,7 +366,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 except FileNotFoundError:
                     listings[folder] = set()
             if path.name not in listings[folder]:
-                missing.append((path, record.image_id))
+                missing.append((path, int(self._index.image_ids[position])))
         return missing
 
     def load_image(self, index: int) -> np.ndarray:
@@ -367,11 +383,11 @@ class CocoDetection(torch.utils.data.Dataset):
             ValueError: the file cannot be decoded, or the decoded size matches neither the JSON's size nor,
                 before the EXIF rotation, its transpose.
         """
-        record = self._records[index]
+        position = int(self._items[index])
         return read_image(
-            self.images_dir / record.file_name,
-            size=(record.width, record.height),
-            context=f"image id {record.image_id}, listed in {self.ann_file}",
+            self.images_dir / self._index.file_name(position),
+            size=(int(self._index.widths[position]), int(self._index.heights[position])),
+            context=f"image id {int(self._index.image_ids[position])}, listed in {self.ann_file}",
         )
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -405,7 +421,7 @@ class CocoDetection(torch.utils.data.Dataset):
             try:
                 return current, self.load_image(current)
             except (ValueError, FileNotFoundError) as err:
-                image_id = self._records[current].image_id
+                image_id = int(self._index.image_ids[self._items[current]])
                 if image_id not in self.skipped_image_ids:
                     self.skipped_image_ids.append(image_id)
                     logger.warning("bad_images=skip: skipping image id %s (%d skipped so far): %s",
