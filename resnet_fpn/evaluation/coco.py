@@ -23,13 +23,15 @@ images, a streaming evaluation of part of them, and ground-truth boxes with no a
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import io
 import numbers
 import operator
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -217,17 +219,51 @@ class _Backend:
             coco.createIndex()
         return coco
 
-    def load_res(self, coco_gt: Any, entries: List[Dict[str, Any]]) -> Any:
-        if not entries:
-            # pycocotools' loadRes indexes anns[0] and crashes on an empty list; an empty results
-            # object with the ground truth's images and categories is what it would have built.
-            return self.coco_from_dataset({
-                "images": list(coco_gt.dataset["images"]),
-                "categories": list(coco_gt.dataset["categories"]),
-                "annotations": [],
-            })
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes(entries)
+    def load_res(self, coco_gt: Any, detections: "_Detections", iou_type: str) -> Any:
+        """What ``coco_gt.loadRes(entries)`` builds, made from the columns in bulk.
+
+        ``loadRes`` walks one dict per detection in Python to add ``area``, ``id`` and ``iscrowd`` (and, for
+        segm, ``bbox``); here they come from numpy (box areas ``w * h`` in float64, as ``bb[2] * bb[3]``) and
+        one ``mask.area`` / ``mask.toBbox`` call over all RLEs, giving the same annotations and so the same
+        statistics (tests/test_evaluation.py checks them against pycocotools' own numbers). Like ``loadRes``,
+        the results object has the ground truth's images and a copy of its categories.
+        """
+        anns: List[Dict[str, Any]] = []
+        n = len(detections)
+        if n:
+            image_ids, category_ids = detections.image_ids.tolist(), detections.category_ids.tolist()
+            scores, ann_ids = detections.scores.tolist(), range(1, n + 1)
+            if iou_type == "bbox":
+                boxes = detections.boxes
+                assert boxes is not None
+                areas = (boxes[:, 2] * boxes[:, 3]).tolist()
+                anns = [
+                    {"image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "id": k, "iscrowd": 0}
+                    for i, c, b, s, a, k in zip(image_ids, category_ids, boxes.tolist(), scores, areas, ann_ids)
+                ]
+            else:
+                from pycocotools import mask as mask_util
+
+                rles = [dict(rle) for rle in detections.rles or []]
+                # pycocotools' mask.area fails on a list of 256 RLEs or more (it sizes a count as uint8):
+                # chunks of 255.
+                chunks = [rles[i : i + 255] for i in range(0, len(rles), 255)]
+                areas = np.concatenate([mask_util.area(c) for c in chunks]).tolist()
+                # No 'bbox' from the detections for segm: the box of the mask, as loadRes computes it when
+                # absent (a detection's own box would change its area range; detectron2 drops it too).
+                bboxes = np.concatenate([mask_util.toBbox(c) for c in chunks]).reshape(-1, 4).tolist()
+                anns = [
+                    {"image_id": i, "category_id": c, "segmentation": r, "score": s, "area": a, "bbox": b, "id": k,
+                     "iscrowd": 0}
+                    for i, c, r, s, a, b, k in zip(image_ids, category_ids, rles, scores, areas, bboxes, ann_ids)
+                ]
+        # pycocotools' loadRes indexes anns[0] and crashes on an empty list; an empty results object with the
+        # ground truth's images and categories is what it would have built.
+        return self.coco_from_dataset({
+            "images": list(coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+            "annotations": anns,
+        })
 
     def evaluate(
         self, coco_gt: Any, coco_dt: Any, iou_type: str, image_ids: Sequence[int]
@@ -249,6 +285,23 @@ class _Backend:
 
 def _silent(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while scoring builds its millions of short-lived dicts and lists.
+
+    Each of CPython's full collections walks every live container (the ground truth, the results, the
+    per-image evaluations), so collections triggered by allocation make building them quadratic-ish; the
+    objects hold no reference cycles that must go before the end. The collector runs again afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _get_backend(name: str) -> _Backend:
@@ -307,24 +360,66 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _entries_for(entries: Sequence[Dict[str, Any]], iou_type: str) -> List[Dict[str, Any]]:
-    """Fresh dicts for loadRes, which adds id/area/iscrowd to the dicts it is given."""
-    if iou_type == "bbox":
-        return [
-            {"image_id": r["image_id"], "category_id": r["category_id"], "bbox": list(r["bbox"]), "score": r["score"]}
-            for r in entries
-        ]
-    # No 'bbox' for segm: loadRes would then take the box area as the detection's area, which
-    # changes which detections count as small/medium/large (detectron2 drops it for the same reason).
-    return [
-        {
-            "image_id": r["image_id"],
-            "category_id": r["category_id"],
-            "segmentation": dict(r["segmentation"]),
-            "score": r["score"],
-        }
-        for r in entries
-    ]
+@dataclass
+class _Detections:
+    """Detections as columns: what :meth:`COCOEvaluator.update` keeps per image and what scoring reads.
+
+    Converting in bulk (numpy) instead of one Python dict per detection as it arrives, and building the
+    results object the way ``loadRes`` would (:meth:`_Backend.load_res`), is what brings the evaluator's cost
+    down to the library's core. Masks are RLE from the start; the gathered payload holds these arrays and
+    RLE dicts, never masks.
+
+    Attributes:
+        image_ids, category_ids: (N,) int64. scores: (N,) float64.
+        boxes: (N, 4) float64 ``[x, y, w, h]``, or None without bbox.
+        rles: N compressed RLE dicts, or None without segm.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    scores: np.ndarray
+    boxes: Optional[np.ndarray] = None
+    rles: Optional[List[Dict[str, Any]]] = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["_Detections"], iou_types: Sequence[str]) -> "_Detections":
+        def cat(arrays: List[np.ndarray], shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.concatenate(arrays) if arrays else np.zeros(shape, dtype=dtype)
+
+        return cls(
+            image_ids=cat([p.image_ids for p in parts], (0,), np.int64),
+            category_ids=cat([p.category_ids for p in parts], (0,), np.int64),
+            scores=cat([p.scores for p in parts], (0,), np.float64),
+            boxes=cat([p.boxes for p in parts], (0, 4), np.float64) if "bbox" in iou_types else None,
+            rles=[r for p in parts for r in p.rles] if "segm" in iou_types else None,  # type: ignore[union-attr]
+        )
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[Dict[str, Any]], iou_types: Sequence[str]) -> "_Detections":
+        """Checked COCO result dicts (``check_results``) as columns."""
+        return cls(
+            image_ids=np.array([r["image_id"] for r in entries], dtype=np.int64).reshape(-1),
+            category_ids=np.array([r["category_id"] for r in entries], dtype=np.int64).reshape(-1),
+            scores=np.array([r["score"] for r in entries], dtype=np.float64).reshape(-1),
+            boxes=(np.array([r["bbox"] for r in entries], dtype=np.float64).reshape(-1, 4)
+                   if "bbox" in iou_types else None),
+            rles=[r["segmentation"] for r in entries] if "segm" in iou_types else None,
+        )
+
+    def entries(self) -> List[Dict[str, Any]]:
+        """JSON-ready COCO result dicts (``image_id``, ``category_id``, ``score``, ``bbox``, ``segmentation``)."""
+        out = [{"image_id": i, "category_id": c, "score": s}
+               for i, c, s in zip(self.image_ids.tolist(), self.category_ids.tolist(), self.scores.tolist())]
+        if self.boxes is not None:
+            for r, b in zip(out, self.boxes.tolist()):
+                r["bbox"] = b
+        if self.rles is not None:
+            for r, rle in zip(out, self.rles):
+                r["segmentation"] = rle
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,14 +459,14 @@ def _per_category_ap(precision: np.ndarray, names: Sequence[str]) -> Dict[str, f
 
 def _score(
     gt: CocoAnnotations,
-    entries: Sequence[Dict[str, Any]],
+    detections: _Detections,
     *,
     iou_types: Sequence[str],
     backend: str,
     image_ids: Sequence[int],
 ) -> COCOEvalResult:
     adapter = _get_backend(backend)
-    if not entries:
+    if not len(detections):
         warnings.warn(
             f"no detections to evaluate on {len(image_ids)} images: AP and AR are 0 for every category "
             "with ground truth (-1 where there is none), as pycocotools defines them",
@@ -379,13 +474,19 @@ def _score(
             stacklevel=3,
         )
     _warn_degenerate_boxes(gt, image_ids)
+    with _gc_paused():
+        return _score_core(adapter, gt, detections, iou_types=iou_types, image_ids=image_ids)
+
+
+def _score_core(adapter: _Backend, gt: CocoAnnotations, detections: "_Detections", *, iou_types: Sequence[str],
+                image_ids: Sequence[int]) -> COCOEvalResult:
     coco_gt = adapter.coco_from_dataset(_dataset_for_eval(gt))
     category_keys = _category_keys(gt)
     metrics: Dict[str, Any] = {}
     per_category: Dict[str, Dict[str, float]] = {}
     precision: Dict[str, np.ndarray] = {}
     for iou_type in iou_types:
-        coco_dt = adapter.load_res(coco_gt, _entries_for(entries, iou_type))
+        coco_dt = adapter.load_res(coco_gt, detections, iou_type)
         stats, prec = adapter.evaluate(coco_gt, coco_dt, iou_type, image_ids)
         metrics[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, stats)}
         per_category[iou_type] = _per_category_ap(prec, category_keys)
@@ -490,7 +591,8 @@ def score_results(
         )
     check_results(entries, gt, iou_types=iou_types, sources=sources)
     _warn_partial_results(gt, entries)
-    return _score(gt, entries, iou_types=iou_types, backend=backend, image_ids=gt.image_ids)
+    detections = _Detections.from_entries(entries, iou_types)
+    return _score(gt, detections, iou_types=iou_types, backend=backend, image_ids=gt.image_ids)
 
 
 def evaluate_results(
@@ -601,7 +703,14 @@ class COCOEvaluator:
         self.mask_threshold = float(mask_threshold)
         self.category_names: List[str] = _category_keys(self._gt)
         self.precision: Dict[str, np.ndarray] = {}
-        self._results: Dict[int, List[Dict[str, Any]]] = {}
+        self._results: Dict[int, _Detections] = {}
+        # training label -> category id as one lookup array (-1: no category), for the bulk conversion
+        self._label_lookup: Optional[np.ndarray] = None
+        if self.label_to_category_id:
+            self._label_lookup = np.full(max(max(self.label_to_category_id), 0) + 1, -1, dtype=np.int64)
+            for label, category_id in self.label_to_category_id.items():
+                if label >= 0:
+                    self._label_lookup[label] = category_id
 
     def reset(self) -> None:
         """Forget every prediction and the last precision arrays (call at the start of each epoch)."""
@@ -615,7 +724,7 @@ class COCOEvaluator:
 
     def results(self) -> List[Dict[str, Any]]:
         """The COCO results accumulated by this process so far (JSON-ready), in image-id order."""
-        return [entry for image_id in sorted(self._results) for entry in self._results[image_id]]
+        return _Detections.concatenate([self._results[i] for i in sorted(self._results)], self.iou_types).entries()
 
     def update(self, predictions: Sequence[Mapping[str, Any]], image_ids: Sequence[Any]) -> None:
         """Convert one batch of predictions to COCO results.
@@ -644,7 +753,7 @@ class COCOEvaluator:
                 continue  # a repeated image (sampler padding) is counted once: first one wins
             self._results[image_id] = self._convert(pred, image_id)
 
-    def _convert(self, pred: Mapping[str, Any], image_id: int) -> List[Dict[str, Any]]:
+    def _convert(self, pred: Mapping[str, Any], image_id: int) -> _Detections:
         needed = ["scores", "labels"]
         needed += (["boxes"] if "bbox" in self.iou_types else []) + (["masks"] if "segm" in self.iou_types else [])
         missing = [k for k in needed if k not in pred]
@@ -657,43 +766,44 @@ class COCOEvaluator:
         n = scores.numel()
         if labels.numel() != n:
             raise ValueError(f"prediction for image {image_id}: {n} scores but {labels.numel()} labels")
-        if n == 0:
-            return []
         # float64 on the CPU: xyxy -> xywh differences and scores then reach JSON without a float32 round trip.
-        score_list = scores.to("cpu", torch.float64).tolist()
-        category_ids = self._category_ids(labels.to("cpu").tolist(), image_id)
-        out = [
-            {"image_id": image_id, "category_id": c, "score": s} for c, s in zip(category_ids, score_list)
-        ]
+        out = _Detections(
+            image_ids=np.full(n, image_id, dtype=np.int64),
+            category_ids=self._category_ids(labels.to("cpu", torch.int64).numpy(), image_id),
+            scores=scores.to("cpu", torch.float64).numpy(),
+        )
         if "bbox" in self.iou_types:
             boxes = torch.as_tensor(pred["boxes"]).detach().to("cpu", torch.float64)
             if boxes.shape != (n, 4):
                 raise ValueError(
                     f"prediction for image {image_id}: boxes of shape {tuple(boxes.shape)}, expected ({n}, 4)"
                 )
-            for r, b in zip(out, xyxy_to_xywh(boxes)):
-                r["bbox"] = b
+            xyxy = boxes.numpy()
+            out.boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)  # as xyxy_to_xywh
         if "segm" in self.iou_types:
-            for r, rle in zip(out, self._encode_masks(pred["masks"], n, image_id)):
-                r["segmentation"] = rle
+            out.rles = self._encode_masks(pred["masks"], n, image_id) if n else []
         return out
 
-    def _category_ids(self, labels: List[int], image_id: int) -> List[int]:
+    def _category_ids(self, labels: np.ndarray, image_id: int) -> np.ndarray:
         if self.label_to_category_id is None:
-            bad = sorted(set(labels) - self._known_cats)
+            bad = sorted(set(np.unique(labels).tolist()) - self._known_cats)
             if bad:
                 raise ValueError(
                     f"prediction for image {image_id} has labels {list_some(bad)} that are not category ids of "
                     f"the ground truth; pass label_to_category_id to map training labels to category ids"
                 )
-            return labels
-        bad = sorted(set(labels) - set(self.label_to_category_id))
-        if bad:
+            return labels.astype(np.int64)
+        lookup = self._label_lookup if self._label_lookup is not None else np.zeros(0, dtype=np.int64)
+        inside = (labels >= 0) & (labels < len(lookup))
+        mapped = np.full(len(labels), -1, dtype=np.int64)
+        mapped[inside] = lookup[labels[inside]]
+        if (mapped < 0).any():
+            bad = sorted(set(labels[mapped < 0].tolist()))
             raise ValueError(
                 f"prediction for image {image_id} has labels {list_some(bad)} absent from label_to_category_id "
                 f"(keys {list_some(sorted(self.label_to_category_id))})"
             )
-        return [self.label_to_category_id[label] for label in labels]
+        return mapped
 
     def _encode_masks(self, masks: Any, n: int, image_id: int) -> List[Dict[str, Any]]:
         masks = torch.as_tensor(masks).detach()
@@ -739,7 +849,7 @@ class COCOEvaluator:
             dist.all_gather_object(gathered, local)
         else:
             gathered = [local]
-        merged: Dict[int, List[Dict[str, Any]]] = {}
+        merged: Dict[int, _Detections] = {}
         for rank_items in gathered:  # rank order, then update order: the first copy of an image wins
             for image_id, dets in rank_items:
                 merged.setdefault(image_id, dets)
@@ -749,7 +859,7 @@ class COCOEvaluator:
         payload: List[Any] = [None]
         error: Optional[BaseException] = None
         if rank == 0:
-            entries = [r for dets in merged.values() for r in dets]
+            detections = _Detections.concatenate(list(merged.values()), self.iou_types)
             left = len(self._gt.image_ids) - len(merged)
             if left:
                 warnings.warn(
@@ -760,7 +870,7 @@ class COCOEvaluator:
                 )
             try:
                 result = _score(
-                    self._gt, entries, iou_types=self.iou_types, backend=self.backend, image_ids=list(merged)
+                    self._gt, detections, iou_types=self.iou_types, backend=self.backend, image_ids=list(merged)
                 )
                 self.precision = result.precision
                 payload = [("ok", result.metrics)]
