@@ -8,7 +8,6 @@ torchvision's defaults.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +25,9 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import build_backbone, is_pyramid, list_backbones, resolve_norm_and_freeze
+from .models.convs import is_new_when_loading
 from .models.variants import suggest_names
+from .hub import weights_preprocessing, with_required_options
 from .preprocessing import IMAGENET
 from .weights import WeightsSource, load_weights
 
@@ -209,7 +210,13 @@ def _load_detector_weights(detector: nn.Module, weights: WeightsSource, *, model
     reinit = [m for m in report.mismatched if m[0].startswith(class_layers)]
     mismatched = [m for m in report.mismatched if not m[0].startswith(class_layers)]
     skipped = {m[0] for m in report.mismatched}
-    missing = [k for k in report.missing if k not in skipped]
+    # A deformable conv's offset predictor is new to a plain checkpoint: zero-initialised, it computes the plain
+    # network until trained, so its absence is not an error (as when loading a backbone).
+    new = [k for k in report.missing if is_new_when_loading(detector.get_submodule(k.rsplit(".", 1)[0]))]
+    missing = [k for k in report.missing if k not in skipped and k not in new]
+    if new:
+        log.info("weights %s: %d offset tensors of deformable convs left at their zero init (e.g. %s)",
+                 report.source, len(new), new[0])
     if mismatched or missing or report.unexpected:
         problems = []
         if mismatched:
@@ -339,7 +346,7 @@ def build_detector(
         _positive_int("min_size", size)
     source = weights if weights is not None else backbone_weights
     mean, std = _normalisation(image_mean, image_std, source)
-    backbone_options = _with_required_options(backbone_options, source)
+    backbone_options = with_required_options(backbone_options, source)
     # A trained detector in `weights` is fine-tuned as a pretrained backbone would be (frozen BN, freeze_at 2).
     body_norm, body_freeze_at = resolve_norm_and_freeze(
         spec.body_norm if norm == "auto" and spec.body_norm else norm, freeze_at,
@@ -427,28 +434,6 @@ def build_detector(
     return detector
 
 
-def _with_required_options(options: Optional[Mapping[str, object]],
-                           weights: Optional[WeightsSource]) -> Optional[Dict[str, object]]:
-    """`options` plus the architecture options named weights require (``hub.weights_options``: detectron2's
-    MSRA nets need ``stride_in_1x1``); a contradicting option is an error, not a silent override."""
-    if options is not None and not isinstance(options, Mapping):
-        if dataclasses.is_dataclass(options):
-            options = dataclasses.asdict(options)
-        else:
-            raise TypeError(f"backbone_options must be a mapping of ResNetOptions fields, got {type(options).__name__}")
-    merged: Dict[str, object] = dict(options or {})
-    if weights is None:
-        return merged or None
-    from .hub import weights_options
-
-    for key, value in weights_options(weights).items():
-        if key in merged and merged[key] != value:
-            raise ValueError(f"weights {weights} need backbone option {key}={value!r} (the architecture they were "
-                             f"trained with), but backbone_options say {key}={merged[key]!r}")
-        merged[key] = value
-    return merged or None
-
-
 def resolve_build_options(options: Mapping[str, object]) -> Dict[str, object]:
     """``build_detector``'s keyword arguments with what named weights imply made explicit.
 
@@ -469,7 +454,7 @@ def resolve_build_options(options: Mapping[str, object]) -> Dict[str, object]:
     out = dict(options)
     source = out.get("weights") if out.get("weights") is not None else out.get("backbone_weights")
     out["image_mean"], out["image_std"] = _normalisation(out.get("image_mean"), out.get("image_std"), source)  # type: ignore[arg-type]
-    out["backbone_options"] = _with_required_options(out.get("backbone_options"), source)  # type: ignore[arg-type]
+    out["backbone_options"] = with_required_options(out.get("backbone_options"), source)
     return out
 
 
@@ -485,8 +470,6 @@ def _normalisation(image_mean: Optional[Sequence[float]], image_std: Optional[Se
         raise ValueError(f"image_std must be positive, got {list(image_std)}")
     if image_mean is not None and image_std is not None:
         return [float(v) for v in image_mean], [float(v) for v in image_std]
-    from .hub import weights_preprocessing
-
     known = weights_preprocessing(weights) if weights is not None else None
     source = known if known is not None else IMAGENET
     mean = list(source.image_mean) if image_mean is None else [float(v) for v in image_mean]

@@ -16,6 +16,8 @@ not match the hash in its file name is refused and not kept.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import fnmatch
 import http.client
@@ -35,7 +37,7 @@ from .preprocessing import IMAGENET, Preprocessing
 
 __all__ = [
     "NamedWeights", "SCHEMES", "get_weights", "list_weights", "is_weights_name", "fetch_weights", "cache_path",
-    "weights_preprocessing", "weights_options",
+    "weights_preprocessing", "weights_options", "with_required_options",
 ]
 
 SCHEMES = ("torchvision://", "timm://", "detectron2://")
@@ -369,6 +371,39 @@ def weights_options(source: object) -> Dict[str, object]:
         ValueError: an unknown name (see `get_weights`).
     """
     return dict(get_weights(source).options) if is_weights_name(source) else {}
+
+
+def with_required_options(options: object, weights: object) -> Optional[Dict[str, object]]:
+    """Architecture options plus those the `weights` require (`weights_options`).
+
+    A requirement is added where `options` is silent; a contradiction is an error, never a silent override
+    (MSRA's nets computed with the stride on the 3x3 are another network).
+
+    Args:
+        options: None, a mapping of ResNet option names, or a dataclass of them (``ResNetOptions``).
+        weights: what will be loaded (a name, path, URL, state dict) or None.
+
+    Returns:
+        The merged mapping, or None when it is empty.
+
+    Raises:
+        ValueError: `options` contradicts what the weights require (both values named).
+        TypeError: `options` is neither None, a mapping nor a dataclass.
+    """
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        options = dataclasses.asdict(options)
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"backbone options must be a mapping of ResNetOptions fields, got {type(options).__name__}")
+    merged: Dict[str, object] = dict(options or {})
+    for key, value in (weights_options(weights) if weights is not None else {}).items():
+        current = merged.get(key, value)
+        if isinstance(current, list):
+            current = tuple(current)
+        if current != value:
+            raise ValueError(f"weights {weights} need backbone option {key}={value!r} (the architecture they were "
+                             f"trained with), but the backbone options say {key}={merged[key]!r}")
+        merged[key] = value
+    return merged or None
 
 
 # ---------------------------------------------------------------------------------------------------------------

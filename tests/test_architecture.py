@@ -21,7 +21,7 @@ ALLOWED = {
     "hub": {"preprocessing", "files", "models"},
     "weights": {"preprocessing", "hub", "detectron2_names"},
     "models": {"weights"},
-    "backbone": {"models", "weights"},
+    "backbone": {"models", "weights", "hub"},
     "detectors": {"backbone", "models", "weights", "preprocessing", "hub"},
     "data": {"coco_format", "files"},
     "evaluation": {"coco_format", "files", "data"},

@@ -176,3 +176,15 @@ def test_normalisation_defaults_to_imagenet_and_is_recorded_resolved():
     assert resolved["backbone_options"] is None
     with pytest.raises(ValueError, match=r"image_mean must be 3 numbers \(RGB, pixels in \[0, 1\]\), got \[0\.5\]"):
         build_detector("faster_rcnn", num_classes=3, backbone="resnet18-fpn", image_mean=[0.5], **SMALL)
+
+
+def test_a_plain_detector_checkpoint_loads_into_a_dcn_detector_with_offsets_new():
+    plain = build_detector("faster_rcnn", num_classes=3, backbone="resnet18-fpn", **SMALL)
+    dcn = build_detector("faster_rcnn", num_classes=3, backbone="resnet18-fpn", weights=plain.state_dict(),
+                         backbone_options={"deform_stages": ["c5"]}, **SMALL).eval()
+    offsets = [k for k in dcn.state_dict() if k not in plain.state_dict()]
+    assert offsets and all(".conv2.offset." in k for k in offsets)
+    with torch.no_grad():
+        image = [torch.rand(3, 128, 128)]
+        a, b = plain.eval()(image)[0], dcn(image)[0]
+    torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)  # zero offsets: the plain network

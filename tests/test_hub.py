@@ -416,7 +416,7 @@ def test_a_detector_on_msra_weights_takes_their_normalisation_and_stride_and_its
     body = detector.backbone.body
     assert body.layer2[0].conv1.stride == (2, 2) and body.layer2[0].conv2.stride == (1, 1)  # stride_in_1x1
     with pytest.raises(ValueError, match=r"weights detectron2://ImageNetPretrained/MSRA/R-50\.pkl need backbone "
-                                         r"option stride_in_1x1=True .* but backbone_options say stride_in_1x1=False"):
+                                         r"option stride_in_1x1=True .* but the backbone options say stride_in_1x1=False"):
         build_detector(**options, backbone_options={"stride_in_1x1": False})
 
     # The checkpoint records both, so it rebuilds without the weights file (the cache is emptied first).
@@ -440,3 +440,13 @@ def test_torchvision_v2_detector_name_loads_from_the_cache(torch_home, no_networ
     ours = build_detector("retinanet_v2", num_classes=91, weights="torchvision://retinanet_resnet50_fpn_v2")
     got = ours.state_dict()
     assert all(torch.equal(got[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+
+
+def test_build_backbone_applies_what_named_weights_require(torch_home, no_network):
+    cached = hub.cache_path(MSRA_R50)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(pickle.dumps({"blobs": _to_caffe2(torchvision.models.resnet50().state_dict())}))
+    backbone = build_backbone("resnet50-fpn", weights=MSRA_R50)
+    assert backbone.body.layer3[0].conv1.stride == (2, 2) and backbone.body.layer3[0].conv2.stride == (1, 1)
+    with pytest.raises(ValueError, match=r"need backbone option stride_in_1x1=True"):
+        build_backbone("resnet50-fpn", weights=MSRA_R50, options={"stride_in_1x1": False})

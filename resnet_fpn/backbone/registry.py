@@ -13,6 +13,7 @@ from torch import nn
 from ..models.convs import is_new_when_loading
 from ..models.resnet import ResNetOptions
 from ..models.variants import VARIANTS, get_variant, suggest_names
+from ..hub import with_required_options
 from ..weights import WeightsSource, load_weights
 from .features import STAGES, ResNetFeatures
 from .fpn import FPNBackbone, check_top_block
@@ -257,7 +258,8 @@ def build_backbone(
         (1, 256, 16, 16)
     """
     check_backbone_name(name)
-    resnet_options = ResNetOptions.coerce(options)
+    # Named weights bring the architecture they were trained with (detectron2's MSRA nets: stride_in_1x1).
+    resnet_options = ResNetOptions.coerce(with_required_options(options, weights) if weights is not None else options)
     resolved_norm, resolved_freeze = resolve_norm_and_freeze(norm, freeze_at, pretrained=weights is not None)
     check_top_block(top_block)
     if out_features is None:
