@@ -1,4 +1,4 @@
-"""optimize_for_inference: BN folding is exact, the input model is untouched, detectors keep their detections."""
+"""optimize_for_inference (its torch runtime; the external runtimes and "auto": tests/test_runtimes.py): BN folding is exact, the input model is untouched, detectors keep their detections."""
 import pytest
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ def test_fold_counts_and_exactness(name, image_batch):
     assert len(norms_after_convs(backbone)) == foldable
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
 
-    fast = optimize_for_inference(backbone)
+    fast = optimize_for_inference(backbone, runtime="torch")
 
     # The input model is not modified.
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
@@ -91,7 +91,7 @@ def test_fold_uses_torchs_arithmetic():
 def test_plain_copy_is_still_the_wrapper(image_batch):
     # One return type whatever the options: without channels_last or a dtype the wrapper only passes through.
     backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
-    plain = optimize_for_inference(backbone, channels_last=False)
+    plain = optimize_for_inference(backbone, channels_last=False, runtime="torch")
     assert isinstance(plain, InferenceWrapper) and not plain.channels_last and plain.dtype is None
     assert norms_after_convs(plain.module) == []
     with torch.inference_mode():
@@ -125,7 +125,7 @@ def test_detector_keeps_its_detections():
                               min_size=256, max_size=320, score_thresh=0.0).eval()
     randomize_norm_statistics(detector)
     # A fresh detector that never ran forward: tracing must not leave fx proxies in MultiScaleRoIAlign.
-    fast = optimize_for_inference(detector)
+    fast = optimize_for_inference(detector, runtime="torch")
     # Called as the detector (a list of images in, a list of dicts out); the options act on its backbone.
     assert isinstance(fast, InferenceWrapper) and type(fast.module) is type(detector)
     assert isinstance(fast.backbone, InferenceWrapper) and fast.backbone.channels_last
@@ -143,10 +143,10 @@ def test_detector_keeps_its_detections():
 def test_bf16_is_close(image_batch):
     backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
     if _cpu_has_native_bf16():
-        fast = optimize_for_inference(backbone, dtype=torch.bfloat16)
+        fast = optimize_for_inference(backbone, dtype=torch.bfloat16, runtime="torch")
     else:
         with pytest.warns(UserWarning, match="without native bf16"):
-            fast = optimize_for_inference(backbone, dtype=torch.bfloat16)
+            fast = optimize_for_inference(backbone, dtype=torch.bfloat16, runtime="torch")
     with torch.inference_mode():
         reference, out = backbone(image_batch), fast(image_batch)
     assert all(v.dtype == torch.float32 for v in out.values())
@@ -162,6 +162,11 @@ def test_bf16_is_close(image_batch):
         ({"dtype": torch.float16}, ValueError, r"float16 is only supported for models on CUDA.*on cpu"),
         ({"channels_last": "yes"}, TypeError, r"channels_last must be a bool, got str 'yes'"),
         ({"compile": 1}, TypeError, r"compile must be a bool, got int 1"),
+        ({"runtime": "tensorrt"}, ValueError, r"runtime must be one of \('auto', 'torch', 'onnxruntime', "
+                                              r"'openvino'\), got 'tensorrt'"),
+        ({"runtime": None}, TypeError, r"runtime must be a str.*got NoneType None"),
+        ({"runtime": "onnxruntime", "compile": True}, ValueError,
+         r"runtime='onnxruntime' cannot run this model: compile=True is torch\.compile's option"),
     ],
 )
 def test_bad_options(kwargs, error, match):
@@ -176,7 +181,7 @@ def test_not_a_module():
 
 def test_copy_is_independent_of_later_changes_to_the_original(image_batch):
     backbone = randomize_norm_statistics(build_backbone("resnet18-fpn", norm="frozen_bn").eval())
-    fast = optimize_for_inference(backbone)
+    fast = optimize_for_inference(backbone, runtime="torch")
     with torch.inference_mode():
         first = fast(image_batch)
         with torch.no_grad():

@@ -2,7 +2,9 @@
 
 Public API:
     optimize_for_inference   an inference copy (folded BN, channels_last, optional bf16 autocast / compile),
-                             always an InferenceWrapper called as the model was
+                             called as the model was, run by the runtime chosen (runtime="auto": the
+                             fastest measured for this machine class: an InferenceWrapper for torch, a
+                             RuntimeModel for ONNX Runtime / OpenVINO, parity checked at its first call)
     InferenceWrapper         channels_last input, autocast and compile around a backbone or a detector
     fold_batchnorm           fold conv -> BN pairs in place (torch's fuse_conv_bn_weights on the fx graph)
     norms_after_convs        the norms still directly following a conv (empty after folding)
@@ -10,8 +12,12 @@ Public API:
     export_model             ONNX or TorchScript file of a backbone or a whole detector (export_onnx,
                              export_torchscript), described by an ExportedModel
     check_parity             run the file and the eager model on the same inputs (parity_inputs); a ParityReport
+    compare_outputs          one input's outputs of two runs compared (what check_parity and RuntimeModel use)
+    choose_runtime           which runtime runs a model ("auto": FASTEST per machine class) and why
+    RuntimeSession           an ONNX file in ONNX Runtime or OpenVINO (numpy in, numpy out)
 
-Modules: ``optimize`` (inference copies), ``export`` (writing files), ``parity`` (checking them).
+Modules: ``optimize`` (inference copies), ``export`` (writing files), ``parity`` (checking them), ``runtimes``
+(ONNX Runtime / OpenVINO as runtimes of the inference copy, and the "auto" choice).
 """
 from .export import (
     DEFAULT_OPSET,
@@ -42,8 +48,20 @@ from .parity import (
     ParityCase,
     ParityReport,
     check_parity,
+    compare_outputs,
     input_normalization,
     parity_inputs,
+)
+from .runtimes import (
+    EXTERNAL_RUNTIMES,
+    FASTEST,
+    RUNTIMES,
+    RuntimeModel,
+    RuntimeSession,
+    available_runtimes,
+    check_runtime,
+    choose_runtime,
+    runtime_available,
 )
 
 __all__ = [
@@ -55,5 +73,8 @@ __all__ = [
     "require_onnx", "FORMATS", "INSTALL_HINT", "DEFAULT_OPSET", "MIN_OPSET",
     # parity
     "check_parity", "parity_inputs", "input_normalization", "ParityReport", "ParityCase", "OutputDiff",
-    "DEFAULT_TOLERANCES", "IMAGENET_MEAN_STD",
+    "DEFAULT_TOLERANCES", "IMAGENET_MEAN_STD", "compare_outputs",
+    # runtimes
+    "RUNTIMES", "EXTERNAL_RUNTIMES", "FASTEST", "RuntimeModel", "RuntimeSession", "available_runtimes",
+    "check_runtime", "choose_runtime", "runtime_available",
 ]

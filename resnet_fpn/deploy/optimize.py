@@ -18,8 +18,9 @@ flow) are searched child by child.
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.fx
@@ -29,6 +30,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..detectors import is_detector
+
+if TYPE_CHECKING:
+    from .runtimes import RuntimeModel
+
+logger = logging.getLogger("resnet_fpn.deploy")
 
 __all__ = [
     "optimize_for_inference",
@@ -250,6 +256,9 @@ class InferenceWrapper(nn.Module):
         # Not `self.compile`: that would hide nn.Module.compile().
         self.compiled = compile
         self.is_detector = is_detector(module)
+        # What optimize_for_inference chose and why (RuntimeModel has the same two attributes).
+        self.runtime = "torch"
+        self.choice = "torch"
         if self.is_detector:
             module.backbone = InferenceWrapper(module.backbone, channels_last=channels_last, dtype=dtype,
                                                compile=compile)
@@ -337,8 +346,10 @@ def optimize_for_inference(
     channels_last: bool = True,
     dtype: Optional[torch.dtype] = None,
     compile: bool = False,
-) -> InferenceWrapper:
-    """An inference-only copy of a backbone or a torchvision detector: BN folded, channels_last, bf16, compile.
+    runtime: str = "auto",
+) -> Union[InferenceWrapper, "RuntimeModel"]:
+    """An inference-only copy of a backbone or a torchvision detector: BN folded, channels_last, bf16, compile,
+    run by the fastest runtime measured for this machine class.
 
     The input model is not modified (the work is done on a ``copy.deepcopy``). The copy is put in eval mode,
     its parameters stop requiring gradients, and:
@@ -352,10 +363,21 @@ def optimize_for_inference(
        conv+ReLU and conv+add+ReLU into single oneDNN ops); compiled on the first call and again for each
        new input shape.
 
-    The result is always an ``InferenceWrapper`` called as `model` is: a backbone takes a ``(B, C, H, W)``
+    ``runtime`` decides what runs the copy (``resnet_fpn.deploy.runtimes``): "torch" (the steps above),
+    "onnxruntime" or "openvino" (the BN-folded model exported to ONNX with dynamic sizes and run by that
+    runtime on the CPU, a ``RuntimeModel``), or "auto": the fastest installed runtime of the measured table
+    ``runtimes.FASTEST`` for this machine class, kind and precision (torch on CUDA, with ``compile=True``,
+    and on machine classes not measured). The choice and its reason are logged (logger
+    ``resnet_fpn.deploy``) and kept as ``result.runtime`` / ``result.choice``. An external runtime is checked
+    against the torch copy at its first call (the export issue's tolerances, 0.1 for bf16); if it fails, or
+    its export or load fails, the torch copy runs instead and a ``UserWarning`` names why.
+
+    The result is called as `model` is: a backbone takes a ``(B, C, H, W)``
     tensor and returns its output (an ``OrderedDict`` of feature maps for ``build_backbone``); a detector
     (``is_detector``: Faster/Mask R-CNN, RetinaNet, FCOS) takes a list of ``(3, H, W)`` images and returns a
-    list of detection dicts. For a detector, norms are folded everywhere and the whole detector is made
+    list of detection dicts (for an external runtime the whole detector runs in it: resize, heads and box
+    paste included, outputs in original pixels as torch's). For a torch copy (an ``InferenceWrapper``) of a
+    detector, norms are folded everywhere and the whole detector is made
     channels_last, while input conversion, autocast and compile apply to its backbone; the heads run in
     float32, as torchvision's ``roi_align``, ``nms`` and box coding expect. The optimised model itself is
     ``result.module``.
@@ -371,20 +393,57 @@ def optimize_for_inference(
         dtype: None or ``torch.float32`` (full precision), ``torch.bfloat16`` (CPU or CUDA) or
             ``torch.float16`` (CUDA only).
         compile: run the backbone through ``torch.compile``.
+        runtime: "auto" (default), "torch", "onnxruntime" or "openvino".
 
     Returns:
-        The optimised copy in an ``InferenceWrapper``.
+        The optimised copy: an ``InferenceWrapper`` (torch) or a ``RuntimeModel`` (external runtime).
 
     Raises:
         TypeError: `model` is not an ``nn.Module``, or an option has the wrong type.
-        ValueError: `dtype` is not one of the supported dtypes, or float16 for a model not on CUDA.
+        ValueError: `dtype` is not one of the supported dtypes, or float16 for a model not on CUDA; an
+            unknown `runtime`, or a named external runtime that cannot run this model here (not installed,
+            CUDA, compile, a dtype it lacks: the reason named).
 
     Example:
         >>> fast = optimize_for_inference(build_backbone("resnet50-fpn", weights=state_dict))
         >>> with torch.inference_mode():
         ...     features = fast(images)
     """
+    from .runtimes import check_runtime, choose_runtime
+
     _check_options(model, {"channels_last": channels_last, "compile": compile}, dtype)
+    check_runtime(runtime)
+    kind = "detector" if is_detector(model) else "backbone"
+    chosen, reason = choose_runtime(runtime, kind=kind, dtype=dtype, device=model_device(model), compile=compile)
+    fallback = _torch_copy(model, channels_last=channels_last, dtype=dtype, compile=compile)
+    fallback.choice = reason
+    if chosen == "torch":
+        logger.info("optimize_for_inference: torch (%s)", reason)
+        return fallback
+    return _external_copy(model, fallback, chosen, reason=reason, kind=kind, bf16=dtype == torch.bfloat16)
+
+
+def _external_copy(model: nn.Module, fallback: InferenceWrapper, runtime: str, *, reason: str, kind: str,
+                   bf16: bool) -> Union[InferenceWrapper, "RuntimeModel"]:
+    """`model` exported and loaded into `runtime` (a ``RuntimeModel``), or `fallback` with a warning saying why."""
+    from .parity import DEFAULT_TOLERANCES
+    from .runtimes import BF16_TOLERANCE, RuntimeModel, open_session
+
+    try:
+        session, exported = open_session(runtime, model, bf16=bf16)
+    except Exception as exc:  # noqa: BLE001 - an export or load failure of any kind: run torch and say why
+        why = f"{runtime} could not load this model ({type(exc).__name__}: {str(exc)[:300]})"
+        warnings.warn(f"optimize_for_inference: {why}; running the torch copy instead", UserWarning, stacklevel=3)
+        fallback.choice = f"{reason}; fell back to torch: {why}"
+        return fallback
+    tolerance = BF16_TOLERANCE if bf16 else DEFAULT_TOLERANCES[("onnx", kind)]
+    logger.info("optimize_for_inference: %s (%s)", session.describe(), reason)
+    return RuntimeModel(session, exported, fallback, tolerance=tolerance, choice=f"{session.describe()}: {reason}")
+
+
+def _torch_copy(model: nn.Module, *, channels_last: bool, dtype: Optional[torch.dtype],
+                compile: bool) -> InferenceWrapper:
+    """The torch steps of `optimize_for_inference` (1-4) on a copy of `model`."""
     optimized = copy.deepcopy(model).eval()
     for parameter in optimized.parameters():
         parameter.requires_grad_(False)

@@ -32,6 +32,7 @@ __all__ = [
     "input_normalization",
     "parity_inputs",
     "check_parity",
+    "compare_outputs",
 ]
 
 #: Largest allowed difference, relative to the largest magnitude of each eager output (see `OutputDiff`).
@@ -310,6 +311,33 @@ def _detection_diffs(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray], tol
                            note=f"{note}; unpaired detections scoring {shown} above the cut-off {floor:.4g}")
         diffs.append(diff)
     return diffs
+
+
+def compare_outputs(kind: str, ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray],
+                    tolerance: float) -> List[OutputDiff]:
+    """Compare one input's outputs of two runs of the same model (what `check_parity` does per input).
+
+    Args:
+        kind: "backbone" (outputs compared key by key) or "detector" (detections paired by label, box and
+            score first, see `check_parity`).
+        ref: the reference run's outputs by key (numpy arrays).
+        got: the other run's, same keys.
+        tolerance: largest accepted relative difference.
+
+    Returns:
+        One `OutputDiff` per key of `ref`.
+
+    Raises:
+        ValueError: unknown kind, or `got` lacks a key of `ref`.
+    """
+    if kind not in ("backbone", "detector"):
+        raise ValueError(f"kind must be 'backbone' or 'detector', got {kind!r}")
+    missing = [k for k in ref if k not in got]
+    if missing:
+        raise ValueError(f"outputs {missing} missing from the run compared (it has {list(got)})")
+    if kind == "detector":
+        return _detection_diffs(ref, got, tolerance)
+    return [_float_diff(key, ref[key], got[key], tolerance) for key in ref]
 
 
 def check_parity(
