@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .checkpoint import detector_from_checkpoint
 from .data import CocoDetection, collate_fn
-from .deploy import optimize_for_inference
+from .deploy import RUNTIMES, check_runtime, optimize_for_inference
 from .evaluation import CATEGORY_MATCHING, COCOEvaluator, match_categories
 
 __all__ = ["CheckpointEvaluation", "evaluate_checkpoint"]
@@ -52,6 +52,7 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     optimize: bool = False,
     dtype: Optional[torch.dtype] = None,
+    runtime: str = "auto",
     map_categories: str = "id",
 ) -> CheckpointEvaluation:
     """Run a checkpoint's detector over every image of a split and score it with COCO mAP.
@@ -65,6 +66,9 @@ def evaluate_checkpoint(
         optimize: run ``optimize_for_inference(detector, dtype=dtype)`` (folded BN, channels_last;
             ``dtype`` bf16/fp16 under autocast), to measure what it costs in AP.
         dtype: the optimised detector's dtype (None: float32); needs ``optimize``.
+        runtime: with ``optimize``: ``optimize_for_inference``'s runtime ("auto": the fastest measured for this
+            machine class, parity-checked at its first batch; "torch", "onnxruntime", "openvino"). The choice
+            is printed.
         map_categories: how the checkpoint's categories meet `ann_file`'s (``resnet_fpn.evaluation.
             match_categories``): ``"id"`` (default) scores each label as its category id and requires the same
             name for that id in both; ``"name"`` scores each label as the `ann_file` category of its name (the
@@ -81,10 +85,13 @@ def evaluate_checkpoint(
         ValueError: the checkpoint's categories do not match `ann_file`'s: with ``"id"``, category ids it
             lacks, or ids whose names differ (every ``id: 'checkpoint name' vs 'ground-truth name'`` pair);
             with ``"name"``, checkpoint names it lacks. Also an unknown `map_categories`, or a `dtype` without
-            `optimize`.
+            `optimize`; an unknown `runtime` (the valid ones named), or one that cannot run here.
     """
     if dtype is not None and not optimize:
         raise ValueError(f"dtype={dtype} needs optimize=True (the dtype is applied by optimize_for_inference)")
+    if check_runtime(runtime) != "auto" and not optimize:
+        raise ValueError(f"runtime={runtime!r} needs optimize=True (one of {RUNTIMES} is chosen by "
+                         "optimize_for_inference)")
     if map_categories not in CATEGORY_MATCHING:
         raise ValueError(f"map_categories must be one of {CATEGORY_MATCHING}, got {map_categories!r}")
     loaded = detector_from_checkpoint(checkpoint)
@@ -96,7 +103,8 @@ def evaluate_checkpoint(
     _warn_unpredicted(dataset.annotations, set(label_to_category_id.values()), checkpoint)
     detector = loaded.detector.to(device).eval()
     if optimize:
-        detector = optimize_for_inference(detector, dtype=dtype)
+        detector = optimize_for_inference(detector, dtype=dtype, runtime=runtime)
+        print(f"inference runtime: {detector.choice}")
     if iou_types is None:
         iou_types = loaded.iou_types
     evaluator = COCOEvaluator(dataset.annotations, iou_types=iou_types, backend=backend,

@@ -36,6 +36,9 @@ from ..files import atomic_write_json
 __all__ = ["add_arguments", "run"]
 
 DTYPES = ("float32", "bfloat16", "float16")
+# resnet_fpn.deploy.RUNTIMES, spelled out so that parsing does not import torch and the models
+# (tests/test_runtimes.py checks that the two agree).
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--batch-size", type=int, default=2)
     ckpt.add_argument("--device", default="cpu")
     ckpt.add_argument("--optimize", action="store_true",
-                      help="run resnet_fpn.optimize_for_inference(detector) (folded BN, channels_last)")
+                      help="run resnet_fpn.optimize_for_inference(detector): folded BN, channels_last, and the "
+                           "runtime of --runtime")
+    ckpt.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                      help="with --optimize: auto (default: the fastest measured for this machine class, "
+                           "printed), torch, onnxruntime or openvino")
     ckpt.add_argument("--dtype", choices=DTYPES, default=None,
                       help="with --optimize: bfloat16 (CPU or CUDA) or float16 (CUDA) autocast")
     ckpt.add_argument("--map-categories", choices=CATEGORY_MATCHING, default=None,
@@ -113,7 +120,7 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
     evaluation = evaluate_checkpoint(
         args.checkpoint, ann_file=ann, images_dir=images, iou_types=args.iou_types, backend=args.backend,
         batch_size=args.batch_size, device=args.device, optimize=args.optimize,
-        dtype=None if args.dtype is None else getattr(torch, args.dtype),
+        dtype=None if args.dtype is None else getattr(torch, args.dtype), runtime=args.runtime,
         map_categories=args.map_categories or "id",
     )
     if args.results_out is not None:
@@ -139,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--results needs --gt")
     if args.dtype is not None and not args.optimize:
         parser.error("--dtype needs --optimize")
+    if args.runtime != "auto" and not args.optimize:
+        parser.error("--runtime needs --optimize")
     if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
         parser.error("--checkpoint needs --data-root, or both --ann and --images")
     if args.map_categories is not None and args.checkpoint is None:
