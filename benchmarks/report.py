@@ -2,7 +2,9 @@
 
 docs/benchmarks.md holds one section per machine class ("## Machine class: AVX2", "## Machine class: AMX",
 ...): a run rewrites its own class's section, keeps the others, and rewrites the preamble above them
-(which describes how the harness measures).
+(which describes how the harness measures). Other "## " sections (written by other tools: "## GPU check" by
+``benchmarks.gpu_check``, "## Scale") end the section above them and are kept as they are, after the machine
+classes; ``replace_block`` rewrites one of them by its heading.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from resnet_fpn.files import atomic_write_text
 
 from .results import RunResult, TimingRow
 
-__all__ = ["SECTION_PREFIX", "PREAMBLE", "format_section", "split_sections", "replace_section", "write_report"]
+__all__ = ["SECTION_PREFIX", "PREAMBLE", "format_section", "split_sections", "split_blocks", "replace_section",
+           "replace_block", "write_report"]
 
 SECTION_PREFIX = "## Machine class: "
 PREAMBLE = """# Benchmarks: ours vs torchvision
@@ -94,8 +97,27 @@ def format_section(result: RunResult) -> str:
     return "\n".join(out) + "\n"
 
 
+def split_blocks(document: str) -> Tuple[str, List[Tuple[str, str]]]:
+    """Split a Markdown document at its "## " headings.
+
+    Args:
+        document: the text.
+
+    Returns:
+        ``(preamble, blocks)``: the text above the first "## " heading, and ``(heading line without its
+        newline, block text)`` pairs in order, each block running to the next "## " heading.
+    """
+    lines = document.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    preamble = "".join(lines[:starts[0]] if starts else lines)
+    return preamble, [(lines[a].rstrip("\n"), "".join(lines[a:b])) for a, b in zip(starts, starts[1:] + [len(lines)])]
+
+
 def split_sections(document: str) -> Tuple[str, List[Tuple[str, str]]]:
     """Split a benchmarks.md into its preamble and its ``(machine class, section text)`` pairs, in order.
+
+    A section runs to the next "## " heading (another tool's section, such as "## GPU check", is not part of
+    it; see ``split_blocks``).
 
     Args:
         document: the file's text.
@@ -106,16 +128,40 @@ def split_sections(document: str) -> Tuple[str, List[Tuple[str, str]]]:
     Raises:
         ValueError: two sections for the same machine class.
     """
-    lines = document.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith(SECTION_PREFIX)]
-    preamble = "".join(lines[:starts[0]] if starts else lines)
+    preamble, blocks = split_blocks(document)
     sections: List[Tuple[str, str]] = []
-    for start, end in zip(starts, starts[1:] + [len(lines)]):
-        name = lines[start][len(SECTION_PREFIX):].strip()
+    for heading, text in blocks:
+        if not heading.startswith(SECTION_PREFIX):
+            continue
+        name = heading[len(SECTION_PREFIX):].strip()
         if any(name == existing for existing, _ in sections):
             raise ValueError(f"two sections for machine class {name!r}: merge them by hand first")
-        sections.append((name, "".join(lines[start:end])))
+        sections.append((name, text))
     return preamble, sections
+
+
+def replace_block(document: str, block: str) -> str:
+    """`document` with `block` in place of the block with the same "## " heading line (appended if absent).
+
+    Args:
+        document: the Markdown text.
+        block: text starting with a "## " heading line.
+
+    Returns:
+        The new text; every other block and the preamble unchanged.
+
+    Raises:
+        ValueError: `block` does not start with "## ".
+    """
+    if not block.startswith("## "):
+        raise ValueError(f"block must start with a '## ' heading, got {block[:60]!r}")
+    heading = block.splitlines()[0]
+    preamble, blocks = split_blocks(document)
+    texts = [block if h == heading else text for h, text in blocks]
+    if all(h != heading for h, _ in blocks):
+        texts.append(block)
+    return (preamble.rstrip("\n") + "\n\n" if preamble.strip() else "") + "\n".join(
+        t.rstrip("\n") + "\n" for t in texts)
 
 
 def replace_section(document: str, section: str, *, preamble: str = PREAMBLE) -> str:
@@ -127,7 +173,8 @@ def replace_section(document: str, section: str, *, preamble: str = PREAMBLE) ->
         preamble: the text above the sections.
 
     Returns:
-        The new text: `preamble`, then the sections in their order, the other classes' unchanged.
+        The new text: `preamble`, then the sections in their order, the other classes' unchanged, then the
+        document's other "## " sections unchanged.
 
     Raises:
         ValueError: `section` does not start with a machine-class heading, or `document` has duplicates.
@@ -139,7 +186,10 @@ def replace_section(document: str, section: str, *, preamble: str = PREAMBLE) ->
     replaced = [(n, section if n == name else text) for n, text in sections]
     if all(n != name for n, _ in sections):
         replaced.append((name, section))
-    return preamble.rstrip("\n") + "\n\n" + "\n".join(text.rstrip("\n") + "\n" for _, text in replaced)
+    # Other tools' sections ("## GPU check", "## Scale") follow the machine classes, as they were.
+    others = [text for heading, text in split_blocks(document)[1] if not heading.startswith(SECTION_PREFIX)]
+    return preamble.rstrip("\n") + "\n\n" + "\n".join(
+        text.rstrip("\n") + "\n" for text in [t for _, t in replaced] + others)
 
 
 def write_report(path: Path, result: RunResult) -> str:
