@@ -30,7 +30,10 @@ ALLOWED = {
     "predictor": {"checkpoint", "coco_format", "data"},
     "deploy": {"detectors", "backbone", "models", "weights", "files", "machine"},
     "evaluate": {"checkpoint", "data", "deploy", "evaluation"},
-    "training": {"machine", "backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize"},
+    # tta wraps any torchvision detector (its transform, torchvision.ops): nothing of the package.
+    "tta": set(),
+    "training": {"machine", "backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize",
+                 "tta"},
     "cli": {"machine", "preprocessing", "hub", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
             "deploy", "files", "predictor", "training", "visualize"},
 }

@@ -50,7 +50,13 @@ def test_reference_recipe_matches_detectron2_1x():
         ({"optim": {"name": "adam"}}, r"optim\.name must be one of \('sgd', 'adamw'\), got 'adam'"),
         ({"trainer": {"precision": "fp8"}}, r"trainer\.precision must be one of .* got 'fp8'"),
         ({"data": 3}, r"config\.data: expected a mapping of options, got int 3"),
-        ({"trainer": {"channels_last": "yes"}}, r"trainer\.channels_last must be true or false, got 'yes'"),
+        ({"trainer": {"channels_last": "yes"}}, r"trainer\.channels_last must be one of \(True, False, .auto.\), got .yes."),
+        ({"model": {"model": "keypoint_rcnn"}}, r"config\.model\.model: .keypoint_rcnn. is for loading and inference only \(the training data path has no keypoints\); resnet-fpn train trains \[.faster_rcnn."),
+        ({"model": {"top_block": "p7"}}, r"config\.model\.top_block must be one of \(.maxpool., .p6p7., .p6p7_c5.\), got .p7."),
+        ({"model": {"anchor_sizes": [0, 32]}}, r"config\.model\.anchor_sizes must be null or a list of integers >= 1 \(one size per pyramid level"),
+        ({"trainer": {"ema": {"decay": 0}}}, r"config\.trainer\.ema\.decay must be a number in \(0, 1\], got 0"),
+        ({"evaluation": {"tta": {"flip": "yes"}}}, r"config\.evaluation\.tta\.flip must be true or false, got 'yes'"),
+        ({"evaluation": {"tta": {"min_sizes": []}}}, r"evaluation\.tta\.min_sizes must list at least one size, got \[\]"),
     ],
 )
 def test_config_errors_name_the_key(data, match):
@@ -111,7 +117,7 @@ def test_yaml_numbers_written_as_strings_are_read_as_numbers(tmp_path):
         ({"model": {"freeze_at": "7"}}, r"^config\.model\.freeze_at must be null or an integer in \[0, 5\], got '7'$"),
         ({"model": {"norm": "batchnorm"}}, r"^config\.model\.norm must be one of \('auto', 'frozen_bn', 'bn', "
                                            r"'sync_bn', 'gn'\), got 'batchnorm'$"),
-        ({"model": {"score_thresh": 1.5}}, r"^config\.model\.score_thresh must be a number in \[0, 1\], got 1\.5$"),
+        ({"model": {"score_thresh": 1.5}}, r"^config\.model\.score_thresh must be null or a number in \[0, 1\], got 1\.5$"),
         ({"model": {"min_size": [640, "big"]}},
          r"^config\.model\.min_size must be an integer >= 1 or a list of integers >= 1, got \[640, 'big'\]$"),
         ({"model": {"anchor_sizes": "32"}}, r"^config\.model\.anchor_sizes must be null or a list of integers >= 1"),

@@ -47,6 +47,22 @@ def devices(value: str) -> Union[str, int, List[int]]:
         raise argparse.ArgumentTypeError(f"expected a count, 'auto' or a list like 0,1; got {value!r}") from None
 
 
+def channels_last(value: str) -> Union[bool, str]:
+    """``--channels-last [auto|true|false]``.
+
+    Raises:
+        argparse.ArgumentTypeError: another value.
+    """
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected auto, true or false, got {value!r}")
+
+
 def backbone_opt(text: str) -> Tuple[str, Any]:
     """``--backbone-opt KEY=VALUE``: one ResNet option (a field of ``ResNetOptions``), VALUE read as YAML.
 
@@ -74,7 +90,8 @@ def backbone_opt(text: str) -> Tuple[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The train subcommand's flags (each overrides one key of the YAML recipe)."""
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
-    p.add_argument("--model", choices=list_detectors())
+    # keypoint_rcnn is loading and inference only (the training data path has no keypoints).
+    p.add_argument("--model", choices=list_detectors(trainable=True))
     p.add_argument("--backbone", help="e.g. resnet50-fpn, resnext101_32x8d-fpn, timm:convnext_tiny-fpn")
     p.add_argument("--weights", help="a whole detector checkpoint to start from (path or URL)")
     p.add_argument("--backbone-weights", help="ImageNet (or detection) weights for the backbone (path or URL)")
@@ -97,9 +114,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", help="cpu, gpu, auto")
     p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
     p.add_argument("--num-nodes", type=int)
-    p.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
-    p.add_argument("--channels-last", action="store_const", const=True, default=None,
-                   help="train with NHWC (channels_last) convolutions: faster with oneDNN and cuDNN tensor cores")
+    p.add_argument("--precision", choices=["auto", "32", "32-true", "bf16-mixed", "16-mixed"],
+                   help="auto: bf16-mixed where bf16 is native (CUDA bf16, AVX512-BF16/AMX CPUs), else 32-true")
+    p.add_argument("--channels-last", nargs="?", type=channels_last, const=True, default=None, metavar="auto|true|false",
+                   help="NHWC (channels_last) convolutions: faster on AVX-512 CPUs and tensor-core GPUs, slower on AVX2 "
+                        "CPUs; alone means true, auto decides from the machine")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--resume", nargs="?", const=True, default=None,

@@ -7,8 +7,22 @@ A spec is a list of ``{"name": <albumentations class>, **its arguments}`` dicts,
     - {name: RandomScale, scale_limit: 0.2}
     - {name: OneOf, p: 0.5, transforms: [{name: Blur}, {name: GaussNoise}]}
 
+Two entries are ours, for the large-scale-jitter recipes (Ghiasi et al. 2021, "Simple Copy-Paste is a Strong Data
+Augmentation Method for Instance Segmentation"; Du et al. 2021, "Simple Training Strategies and Model Scaling for
+Object Detection"):
+
+- ``{name: LargeScaleJitter, size: 1024, scale: [0.1, 2.0]}``: albumentations' own transforms in sequence
+  (``LongestMaxSize(size)``, ``RandomScale`` by a factor in ``scale``, ``PadIfNeeded`` to a ``size`` square at
+  the bottom/right, ``RandomCrop(size, size)``): the image is resized to a random factor of the target size and
+  cropped or padded to a fixed square. The padding is the mean pixel (``fill``), which the detector's
+  normalisation turns into 0, the value of its own batch padding, and carries no instance. With masks, every
+  box is then the tight box of its cropped mask, and an instance whose mask left the crop is dropped.
+- ``{name: CopyPaste, p: 0.5}``: pastes the objects of another image of the batch (`CopyPaste`); it works on
+  whole batches, so it is built by `build_batch_transform`, after the per-image pipeline (it must come last).
+
 Resizing to the model's input size is not done here: torchvision's ``GeneralizedRCNNTransform`` inside the
-detector resizes (``min_size``/``max_size``) and normalises every image.
+detector resizes (``min_size``/``max_size``) and normalises every image (with LSJ, set the model's
+``min_size``/``max_size`` to the LSJ size, so that its resize leaves the jittered square as it is).
 """
 
 from __future__ import annotations
@@ -22,7 +36,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["DetectionTransform", "build_transforms"]
+__all__ = ["DetectionTransform", "build_transforms", "CopyPaste", "build_batch_transform", "split_augment",
+           "LARGE_SCALE_JITTER", "COPY_PASTE", "boxes_from_masks"]
+
+LARGE_SCALE_JITTER = "LargeScaleJitter"
+COPY_PASTE = "CopyPaste"
+# The mean RGB pixel of ImageNet (torchvision's image_mean x 255): LSJ's padding, 0 after normalisation.
+MEAN_PIXEL = (124, 116, 104)
 
 # albumentations' import asks PyPI for a newer version (a blocking request of up to 2 s, and a warning when
 # offline); a training library should not phone home at import time. setdefault keeps a user's own choice.
@@ -72,6 +92,11 @@ def _build_one(A, entry: Any, where: str):
         raise ValueError(f"{where}: missing 'name' (an albumentations transform class) in {dict(entry)!r}")
     name = entry["name"]
     kwargs = {k: v for k, v in entry.items() if k != "name"}
+    if name == LARGE_SCALE_JITTER:
+        return _large_scale_jitter(A, kwargs, where)
+    if name == COPY_PASTE:
+        raise ValueError(f"{where}: {COPY_PASTE} mixes the images of a batch and cannot be nested or given to "
+                         f"build_transforms; give it as the last entry of the spec (see split_augment)")
     if name in _FORBIDDEN:
         raise ValueError(f"{where}: transform {name!r} is not allowed here: {_FORBIDDEN[name]}")
     cls = getattr(A, name, None) if isinstance(name, str) and name not in _NOT_ENTRIES else None
@@ -115,6 +140,67 @@ def _build_one(A, entry: Any, where: str):
         raise ValueError(f"{where}: transform {name!r} rejected its arguments {kwargs!r}: {err}") from err
 
 
+def _large_scale_jitter(A, kwargs: Dict[str, Any], where: str):
+    """``LargeScaleJitter`` as albumentations' transforms (see the module docstring).
+
+    Raises:
+        ValueError: an unknown argument, a size that is not a positive int, a scale that is not
+            ``[low, high]`` with ``0 < low <= high``, a fill that is not a number or three.
+    """
+    import cv2
+
+    allowed = ("size", "scale", "fill")
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: transform {LARGE_SCALE_JITTER!r} got unknown argument(s) {unknown}; it accepts "
+                         f"{list(allowed)}")
+    size = kwargs.get("size", 1024)
+    scale = kwargs.get("scale", [0.1, 2.0])
+    fill = kwargs.get("fill", MEAN_PIXEL)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{where}: {LARGE_SCALE_JITTER} size must be a positive integer, got {size!r}")
+    if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+            or not 0 < scale[0] <= scale[1]):
+        raise ValueError(f"{where}: {LARGE_SCALE_JITTER} scale must be [low, high] with 0 < low <= high, "
+                         f"got {scale!r}")
+    fills = [fill] if isinstance(fill, (int, float)) and not isinstance(fill, bool) else fill
+    if not isinstance(fills, (list, tuple)) or len(fills) not in (1, 3) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in fills):
+        raise ValueError(f"{where}: {LARGE_SCALE_JITTER} fill must be a pixel value in [0, 255] or three, got {fill!r}")
+    fill_value = tuple(float(v) for v in fills) if len(fills) == 3 else float(fills[0])
+    low, high = float(scale[0]), float(scale[1])
+    return A.Sequential([
+        A.LongestMaxSize(max_size=size),
+        # RandomScale draws the factor 1 + U(limit): [low, high] of the target size.
+        A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0),
+        A.PadIfNeeded(min_height=size, min_width=size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                      fill=fill_value, fill_mask=0),
+        A.RandomCrop(height=size, width=size),
+    ], p=1.0)
+
+
+def boxes_from_masks(masks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The tight xyxy box of each mask (pixel edges: a one-pixel mask at (x, y) gives ``[x, y, x + 1, y + 1]``).
+
+    Args:
+        masks: ``(N, H, W)`` array, nonzero inside.
+
+    Returns:
+        ``(boxes, nonempty)``: float32 ``(N, 4)`` (zeros for an empty mask) and the bool ``(N,)`` of masks with
+        at least one pixel.
+    """
+    masks = np.asarray(masks).astype(bool, copy=False)
+    n = len(masks)
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    nonempty = rows.any(axis=1)
+    for i in np.flatnonzero(nonempty):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes, nonempty
+
+
 class DetectionTransform:
     """Apply an albumentations pipeline to an image and its detection target, keeping them in sync.
 
@@ -131,15 +217,21 @@ class DetectionTransform:
     (``num_workers=0``) the pipeline uses ``seed``, or, when it is ``None``, ``torch.initial_seed()`` at the
     first call.
 
+    With ``masks_define_boxes`` (the spec has a ``LargeScaleJitter``) and masks in the target, every box is
+    replaced by the tight box of its transformed mask, and an instance whose mask is empty after the pipeline is
+    dropped: a crop cuts a mask, and the clipped box of an L-shaped object is not the box of what is left.
+
     Args:
         compose: the ``albumentations.Compose`` to apply; it must have been built with ``bbox_params`` in
             ``pascal_voc`` format and the label field ``"box_index"``, as :func:`build_transforms` does.
         seed: seed used in the main process (``None``: ``torch.initial_seed()``).
+        masks_define_boxes: recompute the boxes from the masks after the pipeline (see above).
     """
 
-    def __init__(self, compose: Any, *, seed: Optional[int] = None) -> None:
+    def __init__(self, compose: Any, *, seed: Optional[int] = None, masks_define_boxes: bool = False) -> None:
         self.compose = compose
         self.seed = seed
+        self.masks_define_boxes = bool(masks_define_boxes)
         self._seeded_for: Optional[Tuple[int, Optional[int]]] = None
 
     def __repr__(self) -> str:
@@ -208,6 +300,12 @@ class DetectionTransform:
         if masks is not None:
             new_masks = out["masks"] if n > 0 else np.zeros((0, height, width), dtype=np.uint8)
             result["masks"] = np.asarray(new_masks, dtype=np.uint8).reshape(-1, height, width)[keep]
+            if self.masks_define_boxes:
+                tight, nonempty = boxes_from_masks(result["masks"])
+                for key in ("labels", "iscrowd", "masks"):
+                    if key in result:
+                        result[key] = result[key][nonempty]
+                result["boxes"], keep = tight[nonempty], keep[nonempty]
             if "area" in target:
                 result["area"] = result["masks"].reshape(len(keep), height * width).sum(axis=1).astype(np.float32)
         elif "area" in target:
@@ -258,6 +356,7 @@ def build_transforms(
         raise ValueError(f"min_visibility must be in [0, 1], got {min_visibility!r}")
     A = _albumentations()
     transforms = [_build_one(A, entry, f"augmentation[{i}]") for i, entry in enumerate(spec)]
+    masks_define_boxes = any(isinstance(e, Mapping) and e.get("name") == LARGE_SCALE_JITTER for e in spec)
     # albumentations >= 2 gives each Compose its own generator (seed=); 1.x has no such argument.
     seed_kwargs = {"seed": seed} if "seed" in inspect.signature(A.Compose.__init__).parameters else {}
     with warnings.catch_warnings():
@@ -279,4 +378,182 @@ def build_transforms(
             ),
             **seed_kwargs,
         )
-    return DetectionTransform(compose, seed=seed)
+    return DetectionTransform(compose, seed=seed, masks_define_boxes=masks_define_boxes)
+
+
+def split_augment(spec: Optional[Sequence[Mapping[str, Any]]]) -> Tuple[List[Mapping[str, Any]],
+                                                                          Optional[Mapping[str, Any]]]:
+    """Split a ``data.augment`` spec into the per-image entries and the batch-level ``CopyPaste`` entry.
+
+    Args:
+        spec: the list of entries (None: no augmentation).
+
+    Returns:
+        ``(per_image, copy_paste)``: the entries for :func:`build_transforms`, and the ``CopyPaste`` entry for
+        :func:`build_batch_transform` (None without one).
+
+    Raises:
+        ValueError: more than one ``CopyPaste``, or one that is not the last entry (it pastes the augmented
+            images of a batch into each other, so it runs after every per-image transform).
+        TypeError: ``spec`` is not a list.
+    """
+    if spec is None:
+        return [], None
+    if isinstance(spec, (str, bytes, Mapping)) or not isinstance(spec, Sequence):
+        raise TypeError(f"augmentation spec must be a list of transform dicts, got {type(spec).__name__}: {spec!r}")
+    at = [i for i, e in enumerate(spec) if isinstance(e, Mapping) and e.get("name") == COPY_PASTE]
+    if not at:
+        return list(spec), None
+    if len(at) > 1 or at[0] != len(spec) - 1:
+        raise ValueError(f"augmentation[{at[0]}]: {COPY_PASTE} must be the last entry, and only one (it pastes the "
+                         f"augmented images of a batch into each other); got it at {at} of {len(spec)} entries")
+    return list(spec[:-1]), spec[-1]
+
+
+class CopyPaste:
+    """Simple Copy-Paste (Ghiasi et al. 2021) across the images of a batch, with their masks.
+
+    Each image, with probability `p`, receives a random subset of the instances of the next image of the batch
+    (each instance with probability 1/2, at least one), pasted at the same place (both images have been jittered
+    independently by the per-image pipeline; LSJ makes them the same square). The source is aligned at the top
+    left and cut to the destination's size. Pixels under the pasted objects are removed from the destination's
+    masks, their boxes recomputed as the tight boxes of what remains, and instances left without a pixel dropped;
+    the pasted instances are appended with the tight boxes of their masks. Composition is plain (no blending:
+    the paper finds Gaussian smoothing of the alpha makes no difference).
+
+    Randomness follows :class:`DetectionTransform`: each data-loader worker re-seeds from its torch seed; the
+    main process uses `seed` (None: ``torch.initial_seed()``).
+
+    Args:
+        p: the probability that an image receives pasted objects.
+        keep_masks: keep ``masks`` in the returned targets (False for a box-only detector: they were loaded for
+            the paste only).
+        seed: seed in the main process.
+
+    Raises:
+        ValueError: `p` not in [0, 1].
+    """
+
+    def __init__(self, *, p: float = 0.5, keep_masks: bool = True, seed: Optional[int] = None) -> None:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"{COPY_PASTE} p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.keep_masks = keep_masks
+        self.seed = seed
+        self._rng: Optional[np.random.Generator] = None
+        self._seeded_for: Optional[Tuple[int, Optional[int]]] = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+    def _generator(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            key, seed = (os.getpid(), info.seed), info.seed
+        else:
+            key, seed = (os.getpid(), None), (torch.initial_seed() if self.seed is None else self.seed)
+        if self._rng is None or self._seeded_for != key:
+            self._rng = np.random.default_rng(seed % (2**63))
+            self._seeded_for = key
+        return self._rng
+
+    def __call__(self, batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> List[Tuple[torch.Tensor, Dict[str, Any]]]:
+        """Paste within `batch`, a list of ``(image, target)`` as ``CocoDetection`` returns them (float CHW image,
+        target tensors with ``masks`` ``(N, H, W)`` uint8).
+
+        Returns:
+            The new list (the inputs are not modified).
+
+        Raises:
+            ValueError: a target without ``masks`` (copy-paste needs instance masks).
+        """
+        for _, target in batch:
+            if "masks" not in target:
+                raise ValueError(f"{COPY_PASTE} needs instance masks (it pastes objects by their masks, Ghiasi et al. "
+                                 f"2021); the targets have none: use a data set with segmentation masks, or remove "
+                                 f"{COPY_PASTE} from data.augment")
+        rng = self._generator()
+        out = []
+        for i, (image, target) in enumerate(batch):
+            if len(batch) > 1 and rng.random() < self.p:
+                source = batch[(i + 1) % len(batch)]
+                image, target = paste_instances(image, target, source[0], source[1], rng=rng)
+            if not self.keep_masks:
+                target = {k: v for k, v in target.items() if k != "masks"}
+            out.append((image, target))
+        return out
+
+
+def paste_instances(image: torch.Tensor, target: Dict[str, Any], src_image: torch.Tensor, src_target: Dict[str, Any],
+                    *, rng: np.random.Generator, select: Optional[np.ndarray] = None
+                    ) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """Paste instances of (`src_image`, `src_target`) onto (`image`, `target`); see `CopyPaste`.
+
+    Args:
+        image, target: the destination (CHW image; ``boxes``, ``labels``, ``masks``, optional ``area``/``iscrowd``).
+        src_image, src_target: the source.
+        rng: draws the subset of source instances (when `select` is None).
+        select: bool ``(N_src,)``: which source instances to paste (None: each with probability 1/2, at least one).
+
+    Returns:
+        The new ``(image, target)``.
+    """
+    src_masks = src_target["masks"]
+    n = len(src_masks)
+    if n == 0:
+        return image, target
+    if select is None:
+        select = rng.random(n) < 0.5
+        if not select.any():
+            select[rng.integers(n)] = True
+    chosen = torch.as_tensor(np.flatnonzero(select), dtype=torch.int64)
+    height, width = image.shape[-2:]
+    h, w = min(height, src_image.shape[-2]), min(width, src_image.shape[-1])
+    pasted = torch.zeros((len(chosen), height, width), dtype=torch.uint8)
+    pasted[:, :h, :w] = src_masks[chosen][:, :h, :w]
+    alpha = pasted.any(dim=0)
+    if not bool(alpha.any()):
+        return image, target
+    new_image = image.clone()
+    canvas = torch.zeros_like(image)
+    canvas[:, :h, :w] = src_image[:, :h, :w]
+    new_image[:, alpha] = canvas[:, alpha]
+
+    masks = target["masks"] * (~alpha).to(torch.uint8)
+    boxes, nonempty = boxes_from_masks(masks.numpy())
+    pasted_boxes, pasted_nonempty = boxes_from_masks(pasted.numpy())
+    keep = torch.as_tensor(nonempty)
+    keep_pasted = torch.as_tensor(pasted_nonempty)
+    result = dict(target)
+    result["masks"] = torch.cat([masks[keep], pasted[keep_pasted]])
+    result["boxes"] = torch.cat([torch.as_tensor(boxes[nonempty]), torch.as_tensor(pasted_boxes[pasted_nonempty])])
+    for key in ("labels", "iscrowd"):
+        if key in target:
+            result[key] = torch.cat([target[key][keep], src_target[key][chosen][keep_pasted]])
+    if "area" in target:
+        result["area"] = result["masks"].flatten(1).sum(dim=1).to(torch.float32)
+    return new_image, result
+
+
+def build_batch_transform(entry: Optional[Mapping[str, Any]], *, keep_masks: bool = True,
+                          seed: Optional[int] = None) -> Optional[CopyPaste]:
+    """The batch-level ``CopyPaste`` of a spec (the second value of :func:`split_augment`).
+
+    Args:
+        entry: ``{"name": "CopyPaste", "p": 0.5}`` or None.
+        keep_masks: see `CopyPaste`.
+        seed: seed in the main process.
+
+    Returns:
+        The `CopyPaste`, or None.
+
+    Raises:
+        ValueError: an unknown argument or a bad `p` (the entry named).
+    """
+    if entry is None:
+        return None
+    kwargs = {k: v for k, v in entry.items() if k != "name"}
+    unknown = sorted(set(kwargs) - {"p"})
+    if unknown:
+        raise ValueError(f"augmentation: transform {COPY_PASTE!r} got unknown argument(s) {unknown}; it accepts ['p']")
+    return CopyPaste(p=kwargs.get("p", 0.5), keep_masks=keep_masks, seed=seed)

@@ -24,12 +24,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from ..backbone import NORMS, check_backbone_name
+from ..backbone import NORMS, TOP_BLOCKS, check_backbone_name
 from ..backbone.features import ResNetOptions
 from ..detectors import build_detector, list_detectors
 from ..evaluation import BACKENDS
 
-__all__ = ["TrainConfig", "DataConfig", "OptimConfig", "TrainerConfig", "Range", "load_config", "config_from_dict"]
+__all__ = ["TrainConfig", "DataConfig", "OptimConfig", "TrainerConfig", "EMAConfig", "EvaluationConfig", "TTAConfig",
+           "Range", "load_config", "config_from_dict"]
 
 # The model section is build_detector's keyword arguments (and `model`, its first one): nothing repeats them.
 MODEL_KEYS = [p for p in inspect.signature(build_detector).parameters if p != "num_classes"]
@@ -60,6 +61,9 @@ class Range:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"<= {self.high:g}" if self.high is not None else ""
 
+
+# trainer.precision: "auto" (machine.auto_precision) or one of Lightning's names.
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 
 AT_LEAST_1 = Range(1)
 NON_NEGATIVE = Range(0)
@@ -126,6 +130,21 @@ class OptimConfig:
 
 
 @dataclass
+class EMAConfig:
+    """An exponential moving average of the weights (``trainer.ema``), kept by Lightning's ``EMAWeightAveraging``.
+
+    After every optimizer step ``ema = decay * ema + (1 - decay) * weights`` (parameters and buffers, BN
+    statistics included); the first update copies the weights. Validation, the final metrics and the checkpoints'
+    ``state_dict`` (the inference weights) are the EMA's; the raw weights ride in the checkpoint for resuming.
+    """
+
+    # 0.9998 per step: the decay of the LSJ recipes (timm/YOLO-style EMA; an average over ~5000 steps).
+    decay: float = _option(0.9998, within=Range(0, 1, low_open=True))
+    update_every_n_steps: int = _option(1, within=AT_LEAST_1)
+    start_step: int = _option(0, within=NON_NEGATIVE)
+
+
+@dataclass
 class TrainerConfig:
     """What Lightning's Trainer is given."""
 
@@ -137,14 +156,43 @@ class TrainerConfig:
     devices: Union[int, str, List[int]] = "auto"
     strategy: str = "auto"
     num_nodes: int = _option(1, within=AT_LEAST_1)
-    # YAML reads `precision: 32` as an int; Lightning takes both.
-    precision: Union[str, int] = _option("32-true", choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"))
-    # Convolutions in NHWC (torch.channels_last): faster on CPU (oneDNN) and on tensor-core GPUs (cuDNN).
-    channels_last: bool = False
+    # YAML reads `precision: 32` as an int; Lightning takes both. "auto": bf16-mixed where bf16 is native (CUDA
+    # bf16, AVX512-BF16/AMX CPUs), else 32-true (resnet_fpn.machine.auto_precision), printed at start.
+    precision: Union[str, int] = _option("auto", choices=PRECISIONS)
+    # Convolutions in NHWC (torch.channels_last): faster on AVX-512 CPUs (oneDNN) and tensor-core GPUs (cuDNN),
+    # slower on AVX2 CPUs. "auto" decides from the machine (resnet_fpn.machine.auto_channels_last).
+    channels_last: Union[bool, str] = _option("auto", choices=(True, False, "auto"))
     seed: int = _option(42, within=NON_NEGATIVE)
     log_every_n_steps: int = _option(20, within=AT_LEAST_1)
     gradient_clip_val: Optional[float] = _option(None, within=POSITIVE)
     eval_backend: str = _option("pycocotools", choices=BACKENDS)
+    # EMA of the weights (null: none), e.g. {decay: 0.9998}; needs Lightning >= 2.6 (EMAWeightAveraging).
+    ema: Optional[EMAConfig] = None
+    # The validation loss (val/loss and each val/loss_* term) beside mAP, from the same forward pass.
+    val_loss: bool = True
+
+
+@dataclass
+class TTAConfig:
+    """Test-time augmentation of the final evaluation (``evaluation.tta``); the default is detectron2's set
+    (``TEST.AUG``: min sizes 400-1200 step 100, max size 4000, horizontal flip)."""
+
+    min_sizes: List[int] = _option(factory=lambda: list(range(400, 1201, 100)), within=AT_LEAST_1)
+    max_size: int = _option(4000, within=AT_LEAST_1)
+    flip: bool = True
+    # Detections of all augmentations merged per class by NMS at this IoU (detectron2: the box head's 0.5).
+    nms_thresh: float = _option(0.5, within=FRACTION)
+
+    def __post_init__(self) -> None:
+        if not self.min_sizes:
+            raise ValueError(f"evaluation.tta.min_sizes must list at least one size, got {self.min_sizes!r}")
+
+
+@dataclass
+class EvaluationConfig:
+    """The final evaluation: ``tta`` adds a test-time-augmented evaluation (metrics_tta.json) to the plain one."""
+
+    tta: Optional[TTAConfig] = None
 
 
 @dataclass
@@ -155,6 +203,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output_dir: str = "outputs/run"
     num_pictures: int = _option(8, within=NON_NEGATIVE)
 
@@ -170,7 +219,7 @@ MODEL_RANGES: Dict[str, Range] = {
     "fpn_channels": AT_LEAST_1,
     "min_size": AT_LEAST_1,
     "max_size": AT_LEAST_1,
-    "anchor_sizes": AT_LEAST_1,
+    "anchor_sizes": AT_LEAST_1,  # one size per pyramid level (build_detector checks the count)
     "rpn_batch_size_per_image": AT_LEAST_1,
     "rpn_pre_nms_top_n_train": AT_LEAST_1,
     "rpn_post_nms_top_n_train": AT_LEAST_1,
@@ -186,7 +235,12 @@ MODEL_RANGES: Dict[str, Range] = {
     "image_mean": FRACTION,
     "image_std": POSITIVE,
 }
-MODEL_CHOICES: Dict[str, Tuple[str, ...]] = {"model": tuple(list_detectors()), "norm": tuple(NORMS)}
+# Only the detectors `resnet-fpn train` can train: keypoint R-CNN is loading and inference only (the data path
+# carries no keypoints), so it is refused here with that reason (see _check_model).
+MODEL_CHOICES: Dict[str, Tuple[str, ...]] = {"model": tuple(list_detectors(trainable=True)), "norm": tuple(NORMS),
+                                             "top_block": tuple(TOP_BLOCKS)}
+# What an error adds about a model key whose checks cannot say it all.
+MODEL_HINTS: Dict[str, str] = {"anchor_sizes": " (one size per pyramid level, e.g. [32, 64, 128, 256, 512] for P2-P6)"}
 
 
 class _Mismatch(Exception):
@@ -318,8 +372,10 @@ def _check(value: Any, annotation: Any, metadata: Mapping[str, Any], name: str) 
         hint = ""
         if takes_str and isinstance(value, (int, float)) and not isinstance(value, bool):
             hint = f" (YAML read a number: quote it, '{value}', to give a string)"
-        raise ValueError(f"{name} must be {_describe(annotation, rng)}, got {value!r}{hint}") from None
-    if choices is not None and str(conformed) not in choices:
+        raise ValueError(f"{name} must be {_describe(annotation, rng)}{metadata.get('hint') or ''}, got {value!r}"
+                         f"{hint}") from None
+    # A bool is its own choice (channels_last: true/false/"auto"); other values by text (precision 32 -> "32").
+    if choices is not None and (conformed if isinstance(conformed, bool) else str(conformed)) not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return conformed
 
@@ -335,13 +391,29 @@ def _build(cls: type, data: Any, path: Tuple[str, ...], names: _Names) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        section = _optional_section(hints[key])
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, path + (key,), names)
+        elif section is not None:
+            # An optional section (trainer.ema, evaluation.tta): null/false is off, true its defaults.
+            if value is None or value is False:
+                kwargs[key] = None
+            else:
+                kwargs[key] = _build(section, {} if value is True else value, path + (key,), names)
         elif cls is TrainConfig and key == "model":
             kwargs[key] = _check_model(value, names)
         else:
             kwargs[key] = _check(value, hints[key], fields[key].metadata, names(path + (key,)))
     return cls(**kwargs)
+
+
+def _optional_section(annotation: Any) -> Optional[type]:
+    """The dataclass of an ``Optional[<dataclass>]`` annotation, else None."""
+    if typing.get_origin(annotation) is Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1 and dataclasses.is_dataclass(members[0]):
+            return members[0]
+    return None
 
 
 def _check_model(section: Any, names: _Names) -> Dict[str, Any]:
@@ -357,9 +429,14 @@ def _check_model(section: Any, names: _Names) -> Dict[str, Any]:
     if unknown:
         raise ValueError(
             f"{names(('model',))}: unknown key(s) {unknown}; valid keys are build_detector's: {MODEL_KEYS}")
+    not_trainable = list_detectors(trainable=False)
+    if model.get("model") in not_trainable:
+        raise ValueError(
+            f"{names(('model', 'model'))}: {model['model']!r} is for loading and inference only (the training data "
+            f"path has no keypoints); resnet-fpn train trains {list_detectors(trainable=True)}")
     hints = typing.get_type_hints(build_detector)
     for key, value in model.items():
-        metadata = {"range": MODEL_RANGES.get(key), "choices": MODEL_CHOICES.get(key)}
+        metadata = {"range": MODEL_RANGES.get(key), "choices": MODEL_CHOICES.get(key), "hint": MODEL_HINTS.get(key)}
         model[key] = _check(value, hints[key], metadata, names(("model", key)))
     try:
         check_backbone_name(model["backbone"])

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..data import (CocoDetection, DataPaths, GroupedBatchSampler, aspect_ratio_groups, build_transforms,
                     collate_fn, make_synthetic_coco, resolve_data_paths)
 from ..data.doctor import quick_check
+from ..data.transforms import COPY_PASTE, CopyPaste, build_batch_transform, split_augment
 from .config import DataConfig
 
 __all__ = ["DetectionDataModule", "default_cache_dir"]
@@ -30,6 +31,16 @@ def _print_rank_zero(text: str) -> None:
     print(text, flush=True)
 
 
+class _CopyPasteCollate:
+    """``collate_fn`` after `CopyPaste` on the batch's items (a class, so loader workers can pickle it)."""
+
+    def __init__(self, copy_paste: CopyPaste) -> None:
+        self.copy_paste = copy_paste
+
+    def __call__(self, batch):
+        return collate_fn(self.copy_paste(batch))
+
+
 class DetectionDataModule(L.LightningDataModule):
     """Train and val loaders for COCO-format data.
 
@@ -41,13 +52,26 @@ class DetectionDataModule(L.LightningDataModule):
         with_masks: decode instance masks (Mask R-CNN). The data set must then have masks: otherwise
             `setup` raises a ValueError naming the annotation file, before any training.
         seed: augmentation seed.
+        val_targets_with_masks: decode the val split's masks too (the validation loss of Mask R-CNN needs them).
+
+    A ``CopyPaste`` entry of ``data.augment`` (the last one) runs on whole training batches, in the loader's
+    collate function; it needs masks, so the training set is read with masks even for a box-only detector (and
+    they are dropped after the paste), and it is refused, naming the annotation file, on boxes-only data.
     """
 
-    def __init__(self, config: DataConfig, *, with_masks: bool = False, seed: int = 0) -> None:
+    def __init__(self, config: DataConfig, *, with_masks: bool = False, seed: int = 0,
+                 val_targets_with_masks: bool = False) -> None:
         super().__init__()
         self.config = config
         self.with_masks = with_masks
         self.seed = seed
+        self.val_targets_with_masks = val_targets_with_masks
+        per_image, copy_paste = split_augment(config.augment)
+        if copy_paste is not None and config.batch_size < 2:
+            raise ValueError(f"data.augment {COPY_PASTE} pastes the objects of another image of the batch: "
+                             f"data.batch_size must be >= 2, got {config.batch_size}")
+        self.per_image_augment = per_image
+        self.copy_paste: Optional[CopyPaste] = build_batch_transform(copy_paste, keep_masks=with_masks, seed=seed)
         self.train_dataset: Optional[CocoDetection] = None
         self.val_dataset: Optional[CocoDetection] = None
 
@@ -103,10 +127,19 @@ class DetectionDataModule(L.LightningDataModule):
         paths = self.paths()
         self.check_data(paths)
         bad_images = self.config.bad_images
-        self.train_dataset = CocoDetection(paths.train_images, paths.train_ann, with_masks=self.with_masks,
-                                           transforms=build_transforms(self.config.augment, seed=self.seed),
-                                           bad_images=bad_images)
-        self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=False, bad_images=bad_images)
+        train_masks = self.with_masks or self.copy_paste is not None
+        try:
+            self.train_dataset = CocoDetection(paths.train_images, paths.train_ann, with_masks=train_masks,
+                                               transforms=build_transforms(self.per_image_augment, seed=self.seed),
+                                               bad_images=bad_images)
+        except ValueError as exc:
+            if self.copy_paste is None or self.with_masks:
+                raise
+            raise ValueError(f"data.augment {COPY_PASTE} needs instance masks (it pastes objects by their masks, "
+                             f"Ghiasi et al. 2021), and this data set has none: {exc}. Remove {COPY_PASTE} from "
+                             f"data.augment for boxes-only data") from None
+        self.val_dataset = CocoDetection(paths.val_images, paths.val_ann, with_masks=self.val_targets_with_masks,
+                                         bad_images=bad_images)
         if self.train_dataset.category_ids != self.val_dataset.category_ids:
             raise ValueError(
                 f"{paths.train_ann} and {paths.val_ann} list different categories "
@@ -131,12 +164,13 @@ class DetectionDataModule(L.LightningDataModule):
         else:
             sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(self.seed))
         c = self.config
+        collate = collate_fn if self.copy_paste is None else _CopyPasteCollate(self.copy_paste)
         if c.aspect_ratio_grouping:
             batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(ds.aspect_ratios()), c.batch_size)
-            return DataLoader(ds, batch_sampler=batch_sampler, num_workers=c.num_workers, collate_fn=collate_fn,
+            return DataLoader(ds, batch_sampler=batch_sampler, num_workers=c.num_workers, collate_fn=collate,
                               persistent_workers=c.num_workers > 0)
         return DataLoader(ds, sampler=sampler, batch_size=c.batch_size, num_workers=c.num_workers,
-                          collate_fn=collate_fn, drop_last=False, persistent_workers=c.num_workers > 0)
+                          collate_fn=collate, drop_last=False, persistent_workers=c.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         ds = self.val_dataset

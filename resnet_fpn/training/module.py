@@ -13,6 +13,7 @@ from ..coco_format import Category
 from ..detectors import build_detector, iou_types_of, resolve_build_options
 from ..evaluation import COCOEvaluator
 from ..evaluation.coco import STAT_NAMES
+from .val_loss import detections_and_losses
 
 __all__ = ["DetectionModule", "lr_lambda", "parameter_groups"]
 
@@ -63,10 +64,19 @@ class DetectionModule(L.LightningModule):
         max_steps: total steps, for the cosine schedule.
         eval_backend: "pycocotools" or "faster_coco_eval".
         channels_last: convert the detector to torch.channels_last (NHWC convolutions).
+        val_loss: compute the validation loss (``val/loss`` and each ``val/loss_*`` term) with the detections,
+            from the same forward pass (`detections_and_losses`); the validation targets must then carry what the
+            losses need (masks for Mask R-CNN).
+        seed: seeds the samplers of the validation loss (``seed + batch index``), so it is repeatable.
+
+    Validation runs in float32 whatever the training precision (autocast off): the metrics of a run are those that
+    ``resnet-fpn evaluate`` gives its checkpoint. ``tta``, when set (a ``resnet_fpn.tta.TTADetector`` around
+    ``self.model``), replaces the detector in validation (the final test-time-augmented evaluation; no loss).
     """
 
     def __init__(self, *, model: Mapping[str, Any], optim: Mapping[str, Any], categories: Sequence[Mapping[str, Any]],
-                 max_steps: int, eval_backend: str = "pycocotools", channels_last: bool = False) -> None:
+                 max_steps: int, eval_backend: str = "pycocotools", channels_last: bool = False,
+                 val_loss: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         # Recorded resolved (the weights' normalisation and required backbone options made explicit), so the
@@ -81,6 +91,11 @@ class DetectionModule(L.LightningModule):
         self.evaluator: Optional[COCOEvaluator] = None
         self.last_metrics: Optional[Dict[str, Any]] = None
         self.last_metrics_step = -1
+        # The mean validation loss terms of the last validation ({"loss": ..., "loss_classifier": ...}).
+        self.last_val_losses: Optional[Dict[str, float]] = None
+        self.tta: Optional[nn.Module] = None
+        self._loss_sums: Dict[str, torch.Tensor] = {}
+        self._loss_images = 0
 
     @property
     def iou_types(self) -> List[str]:
@@ -107,15 +122,42 @@ class DetectionModule(L.LightningModule):
             backend=self.hparams.eval_backend,
             label_to_category_id={c.label: c.id for c in self.categories},
         )
+        self._loss_sums, self._loss_images = {}, 0
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
-        outputs = self.model(images)
+        # float32 whatever the training precision: the metrics are those the checkpoint gives at evaluation.
+        with torch.autocast(self.device.type, enabled=False):
+            if self.tta is not None:
+                outputs = self.tta(images)
+            elif self.hparams.get("val_loss", False):
+                outputs, losses = detections_and_losses(self.model, images, targets,
+                                                        seed=self.hparams.get("seed", 0) + batch_idx)
+                # Summed per image, so the mean over the epoch weighs every image once (a short last batch too).
+                for name, value in {"loss": sum(losses.values()), **losses}.items():
+                    value = value.detach().float() * len(images)
+                    self._loss_sums[name] = self._loss_sums.get(name, 0) + value
+                self._loss_images += len(images)
+            else:
+                outputs = self.model(images)
         self.evaluator.update(outputs, [int(t["image_id"]) for t in targets])
+
+    def _mean_val_losses(self) -> Optional[Dict[str, float]]:
+        """The epoch's mean loss terms over every image of every process (None without losses)."""
+        if not self._loss_sums:
+            return None
+        names = sorted(self._loss_sums)
+        totals = torch.stack([self._loss_sums[n] for n in names] + [
+            torch.tensor(float(self._loss_images), device=self.device)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return {n: float(totals[i] / totals[-1]) for i, n in enumerate(names)}
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.evaluator.compute()  # gathered across processes, identical on every rank
         self.last_metrics, self.last_metrics_step = metrics, self.global_step
+        self.last_val_losses = self._mean_val_losses()
+        for name, value in (self.last_val_losses or {}).items():
+            self.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
         for iou_type in self.iou_types:
             for stat in STAT_NAMES:
                 value = float(metrics[iou_type][stat])

@@ -19,11 +19,13 @@ from ..checkpoint import read_checkpoint
 from ..detectors import iou_types_of
 from ..evaluation import format_metrics_table
 from ..files import atomic_write_json
-from .config import TrainConfig
+from ..machine import Machine, auto_channels_last, auto_precision, this_machine
+from .config import EMAConfig, TrainConfig, TrainerConfig, TTAConfig
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
 
-__all__ = ["train", "TrainResult", "ResumePoint", "find_resume_checkpoint"]
+__all__ = ["train", "TrainResult", "ResumePoint", "find_resume_checkpoint", "SpeedSettings", "resolve_speed_settings",
+           "ema_callback"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class ValidationHistory(Callback):
     """Records (step, wall seconds since fit start, bbox/segm AP) after each validation, for the AP-vs-time plot.
 
     Wall time counts training and validation both: it is what a user waits for. On resume the clock
-    continues from the history file, so a killed run's curve stays one curve.
+    continues from the history file, so a killed run's curve stays one curve. With the validation loss, each row
+    also has ``val_loss`` and one ``val_loss_*`` per term.
     """
 
     def __init__(self, path: Path, *, resume: bool) -> None:
@@ -55,6 +58,8 @@ class ValidationHistory(Callback):
         row = {"step": trainer.global_step, "seconds": round(self.offset + time.perf_counter() - self.start, 1)}
         for iou_type in pl_module.iou_types:
             row[f"{iou_type}_AP"] = pl_module.last_metrics[iou_type]["AP"]
+        for name, value in (pl_module.last_val_losses or {}).items():
+            row[f"val_{name}"] = round(value, 6)
         self.rows.append(row)
         atomic_write_json(self.path, self.rows, indent=1)
 
@@ -140,22 +145,107 @@ def _precision(value: str) -> str:
     return "32-true" if str(value) == "32" else str(value)
 
 
-def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[ValidationHistory]) -> L.Trainer:
-    """Lightning's Trainer for `config`: checkpoints (last, best by bbox AP), CSV logs, step-based validation.
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The precision and memory format a run uses, with "auto" decided for its machine.
+
+    Attributes:
+        machine: the machine the run's device is (None: one `this_machine` cannot describe, e.g. ``accelerator:
+            gpu`` without a GPU, which Lightning then refuses with its own message; or mps/tpu).
+        precision: Lightning's precision name.
+        channels_last: NHWC convolutions.
+        precision_auto, channels_last_auto: whether each was "auto".
+    """
+
+    machine: Optional[Machine]
+    precision: str
+    channels_last: bool
+    precision_auto: bool
+    channels_last_auto: bool
+
+    def describe(self) -> str:
+        """One line for the start of a run, e.g. "machine: cpu AMD EPYC ...; precision: bf16-mixed (auto); ..."."""
+        where = self.machine.describe() if self.machine is not None else "unknown (no auto choice, the safe one)"
+        return (f"machine: {where}; precision: {self.precision}{' (auto)' if self.precision_auto else ''}; "
+                f"channels_last: {self.channels_last}{' (auto)' if self.channels_last_auto else ''}")
+
+
+def resolve_speed_settings(trainer: TrainerConfig) -> SpeedSettings:
+    """``trainer.precision`` and ``trainer.channels_last``, "auto" decided by ``resnet_fpn.machine`` for the device
+    of ``trainer.accelerator`` (``auto_precision``: bf16-mixed with native bf16, else 32-true;
+    ``auto_channels_last``: GPUs and AVX-512 CPUs). Explicit values are kept as given.
+
+    Args:
+        trainer: the trainer section.
+
+    Returns:
+        The `SpeedSettings`; where the machine cannot be described (no CUDA device for ``accelerator: gpu``,
+        another accelerator), "auto" means 32-true and contiguous.
+    """
+    accelerator = str(trainer.accelerator).lower()
+    device = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "auto": None}.get(accelerator, "other")
+    machine: Optional[Machine] = None
+    if device != "other":
+        try:
+            machine = this_machine(device)
+        except ValueError:
+            machine = None
+    precision_auto = str(trainer.precision) == "auto"
+    channels_last_auto = trainer.channels_last == "auto"
+    precision = (auto_precision(machine) if machine is not None else "32-true") if precision_auto \
+        else _precision(trainer.precision)
+    channels_last = (auto_channels_last(machine) if machine is not None else False) if channels_last_auto \
+        else bool(trainer.channels_last)
+    return SpeedSettings(machine, precision, channels_last, precision_auto, channels_last_auto)
+
+
+def ema_callback(ema: EMAConfig) -> Callback:
+    """Lightning's ``EMAWeightAveraging`` for ``trainer.ema`` (Lightning >= 2.6).
+
+    It keeps ``AveragedModel(decay)`` of the LightningModule (parameters and buffers), updated after every
+    ``update_every_n_steps``-th optimizer step from ``start_step`` on (the first update copies the weights);
+    swaps the averaged weights in for each validation and copies them in when training ends (so the final
+    evaluation is the EMA's); writes them as the checkpoint's ``state_dict`` (the inference weights that
+    ``detector_from_checkpoint`` and ``resnet-fpn evaluate`` load) with the raw weights under
+    ``current_model_state`` and restores both on resume.
+
+    Args:
+        ema: the ``trainer.ema`` section.
+
+    Raises:
+        ValueError: the installed Lightning has no EMAWeightAveraging (before 2.6): the version named.
+    """
+    try:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+    except ImportError:
+        raise ValueError(f"trainer.ema needs Lightning >= 2.6 (lightning.pytorch.callbacks.EMAWeightAveraging); "
+                         f"this is Lightning {L.__version__}: upgrade it (pip install 'lightning>=2.6') or remove "
+                         f"trainer.ema") from None
+    return EMAWeightAveraging(decay=ema.decay, update_every_n_steps=ema.update_every_n_steps,
+                              update_starting_at_step=ema.start_step)
+
+
+def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[ValidationHistory],
+                  precision: Optional[str] = None) -> L.Trainer:
+    """Lightning's Trainer for `config`: checkpoints (last, best by bbox AP), CSV logs, step-based validation,
+    and the EMA of the weights with ``trainer.ema``.
 
     Args:
         config: the run's configuration (its ``trainer`` section).
         output_dir: where checkpoints and logs go.
         history: the AP-vs-time recorder, or None.
+        precision: the precision decided by `resolve_speed_settings` (None: decide it here).
 
     Returns:
         The Trainer.
 
     Raises:
         ValueError: Lightning refuses the hardware settings here (no GPU for ``accelerator: gpu``, more devices
-            than the machine has, ...): its message, with the settings named.
+            than the machine has, ...): its message, with the settings named; ``trainer.ema`` on Lightning < 2.6.
     """
     t = config.trainer
+    if precision is None:
+        precision = resolve_speed_settings(t).precision
     # No version counter: last.ckpt is always the last one (Lightning would write last-v1.ckpt beside a
     # last.ckpt it did not write itself, e.g. an unreadable one a resumed run went past).
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="step{step:06d}", save_last=True,
@@ -167,6 +257,8 @@ def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[Va
     callbacks: List[Callback] = [last, best, LearningRateMonitor(logging_interval="step")]
     if history is not None:
         callbacks.append(history)
+    if t.ema is not None:
+        callbacks.append(ema_callback(t.ema))
     val_every = t.val_every_n_steps
     try:
         return L.Trainer(
@@ -177,7 +269,7 @@ def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[Va
             devices=t.devices,
             strategy=t.strategy,
             num_nodes=t.num_nodes,
-            precision=_precision(t.precision),
+            precision=precision,
             logger=CSVLogger(str(output_dir), name="logs"),
             callbacks=callbacks,
             log_every_n_steps=t.log_every_n_steps,
@@ -193,7 +285,7 @@ def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[Va
     except MisconfigurationException as exc:
         raise ValueError(
             f"Lightning cannot run trainer.accelerator={t.accelerator!r}, devices={t.devices!r}, "
-            f"strategy={t.strategy!r}, num_nodes={t.num_nodes}, precision={str(t.precision)!r} on this machine: "
+            f"strategy={t.strategy!r}, num_nodes={t.num_nodes}, precision={precision!r} on this machine: "
             f"{exc} (--accelerator cpu runs anywhere)"
         ) from exc
 
@@ -225,10 +317,15 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
     L.seed_everything(config.trainer.seed, workers=True)
     history_path = output_dir / "history.json"
     history = ValidationHistory(history_path, resume=resume_point is not None)
+    speed = resolve_speed_settings(config.trainer)
     # The Trainer first: hardware settings this machine cannot run fail before any data is read.
-    trainer = build_trainer(config, output_dir=output_dir, history=history)
+    trainer = build_trainer(config, output_dir=output_dir, history=history, precision=speed.precision)
+    if trainer.is_global_zero:
+        print(speed.describe(), flush=True)
     model_name = config.model["model"]
-    datamodule = DetectionDataModule(config.data, with_masks="segm" in iou_types_of(model_name), seed=config.trainer.seed)
+    with_masks = "segm" in iou_types_of(model_name)
+    datamodule = DetectionDataModule(config.data, with_masks=with_masks, seed=config.trainer.seed,
+                                     val_targets_with_masks=with_masks and config.trainer.val_loss)
     # Setup before the Trainer: num_classes comes from the data, and bad data fails before any training.
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -239,7 +336,9 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
         categories=[vars(c) for c in categories],
         max_steps=config.trainer.max_steps,
         eval_backend=config.trainer.eval_backend,
-        channels_last=config.trainer.channels_last,
+        channels_last=speed.channels_last,
+        val_loss=config.trainer.val_loss,
+        seed=config.trainer.seed,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     if resume_point is None and history_path.exists() and trainer.is_global_zero:
@@ -252,17 +351,29 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
         print(f"resuming from {resume_point.path} at step {resume_point.step}", flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point is not None else None)
 
-    # Final evaluation of the model as trained (the last weights), as detectron2's train_net does; skipped
-    # when the last validation already ran at the final step (every rank takes the same branch).
+    # Final evaluation of the model as trained (the last weights, or their EMA with trainer.ema: the callback
+    # copies the average in when training ends), as detectron2's train_net does; skipped when the last
+    # validation already ran at the final step (every rank takes the same branch).
     if module.last_metrics is None or module.last_metrics_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = module.last_metrics
+    tta_metrics = None
+    if config.evaluation.tta is not None:
+        tta_metrics = evaluate_with_tta(trainer, module, datamodule, config.evaluation.tta)
+        module.last_metrics = metrics
     result = TrainResult(metrics=metrics, output_dir=str(output_dir),
                          checkpoint=str(output_dir / "checkpoints" / "last.ckpt"))
+    if tta_metrics is not None:
+        result["metrics_tta"] = tta_metrics
     if trainer.is_global_zero:
         atomic_write_json(output_dir / "metrics.json", metrics)
         print(format_metrics_table(metrics))
         print(f"metrics written to {output_dir / 'metrics.json'}")
+        if tta_metrics is not None:
+            atomic_write_json(output_dir / "metrics_tta.json", tta_metrics)
+            print("with test-time augmentation (evaluation.tta):")
+            print(format_metrics_table(tta_metrics))
+            print(f"metrics written to {output_dir / 'metrics_tta.json'}")
         if history.rows:
             plot_history(history.rows, output_dir / "ap_vs_time.png", title=f"{model_name} {config.model['backbone']}")
         if config.num_pictures > 0:
@@ -270,12 +381,38 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
     return result
 
 
+def evaluate_with_tta(trainer: L.Trainer, module: DetectionModule, datamodule: DetectionDataModule,
+                      tta: TTAConfig) -> Dict[str, Dict[str, float]]:
+    """COCO metrics of the module's detector under test-time augmentation (``evaluation.tta``), on the val split.
+
+    Args:
+        trainer: the run's Trainer (validation runs through it, on every process).
+        module: the trained module.
+        datamodule: its data.
+        tta: the augmentations.
+
+    Returns:
+        The metrics, as ``module.last_metrics``.
+    """
+    from ..tta import TTADetector
+
+    module.tta = TTADetector(module.model, min_sizes=tta.min_sizes, max_size=tta.max_size, flip=tta.flip,
+                             nms_thresh=tta.nms_thresh)
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        module.tta = None
+    return module.last_metrics
+
+
 def plot_history(rows: List[Dict[str, float]], path: Path, *, title: str) -> Path:
-    """AP against wall-clock minutes, one line per IoU type."""
+    """AP against wall-clock minutes, one line per IoU type; beside it, the validation loss (total and per term)
+    when the rows have it."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.add_subplot()
+    loss_keys = [k for k in rows[0] if k.startswith("val_loss")]
+    fig = Figure(figsize=(11 if loss_keys else 6, 4), dpi=100)
+    ax = fig.add_subplot(1, 2 if loss_keys else 1, 1)
     minutes = [r["seconds"] / 60 for r in rows]
     for key in [k for k in rows[0] if k.endswith("_AP")]:
         ax.plot(minutes, [r[key] for r in rows], marker="o", label=key.replace("_", " "))
@@ -285,6 +422,17 @@ def plot_history(rows: List[Dict[str, float]], path: Path, *, title: str) -> Pat
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
+    if loss_keys:
+        lx = fig.add_subplot(1, 2, 2)
+        for key in loss_keys:
+            values = [r.get(key, float("nan")) for r in rows]
+            lx.plot(minutes, values, marker="o" if key == "val_loss" else None,
+                    linewidth=2.0 if key == "val_loss" else 1.0, label=key.replace("val_", "val "))
+        lx.set_xlabel("wall-clock minutes (training + validation)")
+        lx.set_ylabel("validation loss")
+        lx.grid(alpha=0.3)
+        lx.legend(fontsize="small")
+        lx.set_title("validation loss")
     fig.tight_layout()
     fig.savefig(path)
     return path
