@@ -39,10 +39,13 @@ def test_any_registered_pyramid_builds_a_detector_whatever_its_name():
 
 
 def test_specs_say_top_block_and_iou_types():
-    assert list_detectors() == ["faster_rcnn", "mask_rcnn", "retinanet", "fcos"]
+    assert list_detectors() == ["faster_rcnn", "mask_rcnn", "retinanet", "fcos", "faster_rcnn_v2", "mask_rcnn_v2",
+                                "retinanet_v2", "keypoint_rcnn"]
     assert iou_types_of("mask_rcnn") == ("bbox", "segm") and iou_types_of("fcos") == ("bbox",)
+    assert iou_types_of("keypoint_rcnn") == ("bbox", "keypoints")
     assert {n: s.top_block for n, s in DETECTORS.items()} == {
-        "faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7"}
+        "faster_rcnn": "maxpool", "mask_rcnn": "maxpool", "retinanet": "p6p7", "fcos": "p6p7",
+        "faster_rcnn_v2": "maxpool", "mask_rcnn_v2": "maxpool", "retinanet_v2": "p6p7_c5", "keypoint_rcnn": "maxpool"}
     with pytest.raises(ValueError, match=r"unknown detector 'mask_rnn'\. Did you mean 'mask_rcnn'"):
         iou_types_of("mask_rnn")
 
