@@ -122,3 +122,106 @@ def test_index_is_numpy_arrays_and_much_smaller_than_the_json(small_file):
     arrays = [v for v in vars(index).values() if isinstance(v, np.ndarray)]
     assert len(arrays) > 10 and all(a.dtype != object for a in arrays)
     assert index.nbytes < info["bytes"] / 2
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_bulk_results_object_is_what_load_res_builds(small_file, backend):
+    """300 detections (more than pycocotools' mask.area takes in one list) for bbox and segm."""
+    import torch
+
+    from resnet_fpn.evaluation.coco import COCOEvaluator, _Backend, _dataset_for_eval
+
+    root, _ = small_file
+    gt = CocoAnnotations.from_file(root / "ann.json")
+    evaluator = COCOEvaluator(gt, iou_types=("bbox", "segm"), backend=backend)
+    rng = np.random.default_rng(0)
+    for image_id in gt.image_ids[:3]:
+        h, w = gt.image_sizes[image_id]
+        xy = rng.uniform(0, 100, (100, 2))
+        masks = torch.zeros(100, h, w, dtype=torch.bool)
+        for k in range(100):
+            masks[k, k : k + 20, 2 * k : 2 * k + 30] = True
+        evaluator.update([{"boxes": torch.tensor(np.concatenate([xy, xy + 20.5], 1)), "scores": torch.rand(100),
+                           "labels": torch.tensor(rng.choice(gt.category_ids, 100)), "masks": masks}], [image_id])
+    adapter = _Backend(backend)
+    coco_gt = adapter.coco_from_dataset(_dataset_for_eval(gt))
+    from resnet_fpn.evaluation.coco import _Detections
+
+    detections = _Detections.concatenate(list(evaluator._results.values()), evaluator.iou_types)
+    entries = evaluator.results()
+    for iou_type, keep in (("bbox", ("image_id", "category_id", "bbox", "score")),
+                           ("segm", ("image_id", "category_id", "segmentation", "score"))):
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            expected = coco_gt.loadRes([{k: (dict(r[k]) if k == "segmentation" else r[k]) for k in keep}
+                                        for r in entries])
+        ours = adapter.load_res(coco_gt, detections, iou_type)
+        assert len(ours.anns) == len(expected.anns) == 300
+        for ann_id, want in expected.anns.items():
+            got = ours.anns[ann_id]
+            for key in ("image_id", "category_id", "score", "area", "iscrowd", "id"):
+                assert got[key] == pytest.approx(want[key], abs=0, rel=0), (iou_type, key)
+            np.testing.assert_array_equal(np.asarray(got["bbox"], dtype=np.float64),
+                                          np.asarray(want["bbox"], dtype=np.float64))
+
+
+@pytest.mark.slow
+def test_five_thousand_images_index_samplers_and_evaluator(tmp_path):
+    """~5k images: the index, grouped batches under DistributedSampler (every rank the same count, every image
+    once, the same batches again for the same seed: resume), masks decoded, and the evaluator at 5k x 100
+    (bbox) giving faster-coco-eval's own numbers, within a minute."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+    from faster_coco_eval import COCO, COCOeval_faster
+    from torch.utils.data.distributed import DistributedSampler
+
+    from resnet_fpn.data import GroupedBatchSampler, aspect_ratio_groups
+    from resnet_fpn.evaluation import STAT_NAMES, COCOEvaluator
+
+    start = time.perf_counter()
+    info = make_coco_scale_file(tmp_path / "ann.json", num_images=5000, images_dir=tmp_path / "images", seed=1)
+    ds = CocoDetection(tmp_path / "images", tmp_path / "ann.json", with_masks=True)
+    assert len(ds) == 5000 and ds._index.num_annotations == info["annotations"]
+    groups = aspect_ratio_groups(ds.aspect_ratios())
+    seen = []
+    for rank in range(2):
+        def batches():
+            sampler = DistributedSampler(range(len(ds)), num_replicas=2, rank=rank, shuffle=True, seed=4)
+            sampler.set_epoch(3)
+            return list(GroupedBatchSampler(sampler, groups, 4))
+        first, again = batches(), batches()
+        assert first == again and len(first) == 625  # resume: the same seed and epoch give the same batches
+        mixed = sum(len({groups[i] for i in batch}) > 1 for batch in first)
+        assert mixed <= 1
+        seen += [i for batch in first for i in batch]
+    assert sorted(seen) == list(range(5000))
+    for index in (0, 4999):
+        image, target = ds[index]
+        assert target["masks"].shape[1:] == image.shape[1:]
+
+    gt = ds.annotations
+    rng = np.random.default_rng(0)
+    evaluator = COCOEvaluator(gt, iou_types=("bbox",), backend="faster_coco_eval")
+    for image_id in gt.image_ids:
+        h, w = gt.image_sizes[image_id]
+        xy = rng.uniform(0, [w / 2, h / 2], (100, 2))
+        evaluator.update([{"boxes": torch.tensor(np.concatenate([xy, xy + rng.uniform(5, 200, (100, 2))], 1)),
+                           "scores": torch.tensor(rng.random(100)),
+                           "labels": torch.tensor(rng.choice(gt.category_ids, 100))}], [image_id])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = evaluator.compute()["bbox"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(tmp_path / "ann.json"))
+        coco_eval = COCOeval_faster(coco_gt, coco_gt.loadRes(evaluator.results()), iouType="bbox",
+                                    print_function=lambda *a, **k: None)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    np.testing.assert_allclose([ours[name] for name in STAT_NAMES], coco_eval.stats[:12], rtol=0, atol=1e-9)
+    assert time.perf_counter() - start < 60
