@@ -197,3 +197,138 @@ def test_main_process_follows_torch_seed_or_explicit_seed():
     assert not np.allclose(a[0], a[1])  # successive calls draw new parameters
     assert not all(np.allclose(x, y) for x, y in zip(a, c))
     assert all(np.allclose(x, y) for x, y in zip(draws(build_transforms(spec, seed=9)), draws(build_transforms(spec, seed=9))))
+
+
+# ------------------------------------------------------------------------- large-scale jitter, copy-paste
+from resnet_fpn.data.transforms import (CopyPaste, boxes_from_masks, build_batch_transform, paste_instances,
+                                        split_augment)
+
+COLORS = {1: (250, 0, 0), 2: (0, 250, 0), 3: (0, 0, 250)}
+
+
+def _painted_sample():
+    """Three instances (labels 1-3), an L-shaped one among them, each painted in its own color on black, with its
+    mask: after a transform, the color under a mask tells which instance the mask is."""
+    image = np.zeros((120, 160, 3), np.uint8)
+    masks = np.zeros((3, 120, 160), np.uint8)
+    masks[0, 10:60, 10:20] = 1
+    masks[0, 50:60, 10:70] = 1  # an L: a crop through it leaves a box smaller than the clipped one
+    masks[1, 70:115, 100:155] = 1
+    masks[2, 5:40, 110:150] = 1
+    for i, label in enumerate((1, 2, 3)):
+        image[masks[i] > 0] = COLORS[label]
+    boxes, _ = boxes_from_masks(masks)
+    target = {"boxes": boxes, "labels": np.array([1, 2, 3]), "area": masks.reshape(3, -1).sum(1).astype(np.float32),
+              "iscrowd": np.zeros(3, np.int64), "masks": masks}
+    return image, target
+
+
+def test_large_scale_jitter_keeps_every_box_the_tight_box_of_its_mask_and_drops_what_left_the_crop():
+    transform = build_transforms([{"name": "LargeScaleJitter", "size": 96, "scale": [0.3, 3.0]}], seed=0)
+    image, target = _painted_sample()
+    dropped = 0
+    for _ in range(40):
+        out_image, out = transform(image, target)
+        assert out_image.shape == (96, 96, 3) and out["masks"].shape[1:] == (96, 96)
+        n = len(out["labels"])
+        assert len(out["boxes"]) == len(out["masks"]) == len(out["area"]) == len(out["iscrowd"]) == n
+        dropped += 3 - n
+        tight, nonempty = boxes_from_masks(out["masks"])
+        assert nonempty.all(), "an instance with nothing left in the crop survived"
+        np.testing.assert_array_equal(out["boxes"], tight)
+        for mask, label in zip(out["masks"], out["labels"]):
+            # The mask still covers its own object: its pixels have that object's color.
+            pixels = out_image[mask > 0].astype(int)
+            assert np.abs(pixels.mean(0) - COLORS[int(label)]).max() < 60, (label, pixels.mean(0))
+    assert dropped > 0  # at scale up to 3x, crops leave instances out: the dropping was exercised
+
+
+def test_large_scale_jitter_pads_with_the_mean_pixel_and_no_instance():
+    transform = build_transforms([{"name": "LargeScaleJitter", "size": 200, "scale": [0.5, 0.5]}], seed=0)
+    image, target = _painted_sample()
+    out_image, out = transform(image, target)
+    # 160x120 -> longest side 200 -> x0.5: 100x75 at the top left, the rest is padding.
+    assert (out_image[75:, :] == (124, 116, 104)).all() and (out_image[:, 100:] == (124, 116, 104)).all()
+    assert out["masks"][:, 75:, :].sum() == 0 and out["masks"][:, :, 100:].sum() == 0
+    assert len(out["labels"]) == 3 and (out["boxes"][:, 2] <= 100).all() and (out["boxes"][:, 3] <= 75).all()
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"name": "LargeScaleJitter", "size": 0}, r"augmentation\[0\]: LargeScaleJitter size must be a positive integer, got 0"),
+    ({"name": "LargeScaleJitter", "scale": [2.0, 0.1]}, r"scale must be \[low, high\] with 0 < low <= high, got \[2\.0, 0\.1\]"),
+    ({"name": "LargeScaleJitter", "sizes": 3}, r"'LargeScaleJitter' got unknown argument\(s\) \['sizes'\]; it accepts \['size', 'scale', 'fill'\]"),
+    ({"name": "CopyPaste"}, r"augmentation\[0\]: CopyPaste mixes the images of a batch"),
+])
+def test_large_scale_jitter_and_copy_paste_spec_errors(entry, match):
+    with pytest.raises(ValueError, match=match):
+        build_transforms([entry])
+
+
+def test_copy_paste_must_come_last_and_only_once():
+    per_image, batch = split_augment([{"name": "HorizontalFlip"}, {"name": "CopyPaste", "p": 0.3}])
+    assert per_image == [{"name": "HorizontalFlip"}] and batch == {"name": "CopyPaste", "p": 0.3}
+    with pytest.raises(ValueError, match=r"augmentation\[0\]: CopyPaste must be the last entry, and only one"):
+        split_augment([{"name": "CopyPaste"}, {"name": "HorizontalFlip"}])
+    with pytest.raises(ValueError, match=r"CopyPaste p must be a probability in \[0, 1\], got 2"):
+        build_batch_transform({"name": "CopyPaste", "p": 2})
+    with pytest.raises(ValueError, match=r"'CopyPaste' got unknown argument\(s\) \['prob'\]; it accepts \['p'\]"):
+        build_batch_transform({"name": "CopyPaste", "prob": 0.5})
+
+
+def _as_tensors(image, target):
+    out = {k: torch.as_tensor(v) for k, v in target.items()}
+    return torch.as_tensor(image).permute(2, 0, 1).float() / 255, out
+
+
+def test_copy_paste_removes_pasted_pixels_from_the_masks_it_covers_and_drops_covered_instances():
+    dst_image, dst = _as_tensors(*_painted_sample())
+    src_masks = torch.zeros((2, 120, 160), dtype=torch.uint8)
+    src_masks[0, 0:65, 0:40] = 1    # covers the L's vertical bar and corner, not its foot's end
+    src_masks[1, 0:45, 105:160] = 1  # covers instance 3 whole
+    src_image = torch.full((3, 120, 160), 0.5)
+    src = {"boxes": torch.as_tensor(boxes_from_masks(src_masks.numpy())[0]), "labels": torch.tensor([2, 2]),
+           "area": src_masks.flatten(1).sum(1).float(), "iscrowd": torch.zeros(2, dtype=torch.int64), "masks": src_masks}
+    image, out = paste_instances(dst_image, dst, src_image, src, rng=np.random.default_rng(0),
+                                 select=np.array([True, True]))
+    alpha = src_masks.bool().any(0)
+    # Instance 3 was fully covered: dropped. The L and instance 2 remain, then the two pasted ones.
+    assert out["labels"].tolist() == [1, 2, 2, 2]
+    assert not (out["masks"][:2].bool() & alpha).any(), "a pasted object's pixels are still in an existing mask"
+    np.testing.assert_array_equal(out["masks"][:2].numpy(), (dst["masks"][:2].bool() & ~alpha).numpy())
+    tight, nonempty = boxes_from_masks(out["masks"].numpy())
+    assert nonempty.all()
+    np.testing.assert_array_equal(out["boxes"].numpy(), tight)
+    assert out["boxes"][0].tolist() == [40.0, 50.0, 70.0, 60.0]  # the L's foot, what remains of it
+    assert torch.equal(image[:, alpha], src_image[:, alpha]) and torch.equal(image[:, ~alpha], dst_image[:, ~alpha])
+    assert out["area"].tolist() == out["masks"].flatten(1).sum(1).float().tolist()
+    assert torch.equal(dst["masks"], torch.as_tensor(_painted_sample()[1]["masks"]))  # the input is not modified
+
+
+def test_copy_paste_on_a_batch_and_its_refusal_without_masks():
+    batch = [_as_tensors(*_painted_sample()) for _ in range(3)]
+    out = CopyPaste(p=1.0, seed=0)(batch)
+    assert len(out) == 3 and all(len(t["labels"]) >= 1 for _, t in out)
+    assert any(len(t["labels"]) != 3 or not torch.equal(t["masks"], s["masks"]) for (_, t), (_, s) in zip(out, batch))
+    for _, t in out:
+        np.testing.assert_array_equal(t["boxes"].numpy(), boxes_from_masks(t["masks"].numpy())[0])
+    without = CopyPaste(p=1.0, keep_masks=False, seed=0)(batch)
+    assert all("masks" not in t for _, t in without)
+    boxes_only = [(image, {k: v for k, v in t.items() if k != "masks"}) for image, t in batch]
+    with pytest.raises(ValueError, match=r"CopyPaste needs instance masks .* the targets have none"):
+        CopyPaste(p=1.0)(boxes_only)
+
+
+def test_copy_paste_on_boxes_only_data_is_refused_before_training(tmp_path, shared_data):
+    from resnet_fpn.training import DataConfig
+    from resnet_fpn.training.datamodule import DetectionDataModule
+
+    from test_training import boxes_only_copy
+
+    root = boxes_only_copy(shared_data, tmp_path)
+    config = DataConfig(root=str(root), augment=[{"name": "CopyPaste", "p": 0.5}])
+    module = DetectionDataModule(config, with_masks=False)
+    with pytest.raises(ValueError, match=r"data\.augment CopyPaste needs instance masks .* and this data set has none: "
+                                         r".*instances_train\.json"):
+        module.setup("fit")
+    with pytest.raises(ValueError, match=r"data\.batch_size must be >= 2, got 1"):
+        DetectionDataModule(DataConfig(root=str(root), batch_size=1, augment=[{"name": "CopyPaste"}]))

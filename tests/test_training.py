@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from resnet_fpn.checkpoint import detector_from_checkpoint
+from resnet_fpn.detectors import list_detectors
 from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn import evaluate_checkpoint
 from resnet_fpn.cli import main
@@ -30,7 +31,7 @@ TRAIN = [sys.executable, str(REPO / "tools" / "train_det.py")]
 def test_recipes_in_configs_load():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config = load_config(path)
-        assert config.model["model"] in ("faster_rcnn", "mask_rcnn", "retinanet", "fcos"), path
+        assert config.model["model"] in list_detectors(trainable=True), path
 
 
 def test_reference_recipe_matches_detectron2_1x():

@@ -511,7 +511,7 @@ def paste_instances(image: torch.Tensor, target: Dict[str, Any], src_image: torc
     h, w = min(height, src_image.shape[-2]), min(width, src_image.shape[-1])
     pasted = torch.zeros((len(chosen), height, width), dtype=torch.uint8)
     pasted[:, :h, :w] = src_masks[chosen][:, :h, :w]
-    alpha = pasted.any(dim=0)
+    alpha = pasted.bool().any(dim=0)
     if not bool(alpha.any()):
         return image, target
     new_image = image.clone()
