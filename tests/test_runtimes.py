@@ -65,8 +65,8 @@ def test_the_command_lines_offer_every_runtime():
 def test_auto_follows_the_measured_table(monkeypatch):
     # On the measured class, the first installed runtime of its row; the reason names the class and the order.
     monkeypatch.setattr(runtimes_module, "runtime_available", lambda r: r in ("torch", "onnxruntime"))
-    name, reason = choose_runtime("auto", kind="detector", dtype=None, device="cpu", machine=AVX512_BF16)
-    assert FASTEST["AVX-512 + bf16"][("detector", "fp32")][:2] == ("openvino", "onnxruntime")
+    name, reason = choose_runtime("auto", kind="backbone", dtype=None, device="cpu", machine=AVX512_BF16)
+    assert FASTEST["AVX-512 + bf16"][("backbone", "fp32")][:2] == ("openvino", "onnxruntime")
     assert name == "onnxruntime" and "AVX-512 + bf16" in reason and "openvino not installed" in reason
     monkeypatch.setattr(runtimes_module, "runtime_available", lambda r: r == "torch")
     assert choose_runtime("auto", kind="backbone", dtype=None, device="cpu", machine=AVX512_BF16)[0] == "torch"

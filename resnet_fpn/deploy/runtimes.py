@@ -14,7 +14,8 @@ An external runtime runs the exported file with the same call and outputs contra
   "masks")}`` dicts out, in original image pixels (the ONNX detector holds the resize, the heads and the
   box/mask paste; see ``resnet_fpn.deploy.export``). The whole detector runs in the runtime, not only its
   backbone: the backbone alone in OpenVINO inside the torch detector was measured no faster than our torch
-  detector (5.40 s vs 5.28 s, Faster R-CNN R50-FPN 800x1216, same run), the whole graph 1.37x faster.
+  detector (5.40 s vs 5.28 s, Faster R-CNN R50-FPN 800x1216, one exploratory run), the whole graph in OpenVINO
+  3.85 s in that run.
 
 At its first call a ``RuntimeModel`` also runs the torch copy on the same inputs and compares every output
 with ``resnet_fpn.deploy.parity.compare_outputs`` (the export issue's tolerances); a runtime that fails, or
@@ -58,15 +59,16 @@ _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _INSTALL = {"onnxruntime": "pip install 'resnet_fpn[export]'", "openvino": "pip install 'resnet_fpn[openvino]'"}
 
 #: machine class -> (kind, precision) -> runtimes fastest first, from one `python -m benchmarks` run per class
-#: (the rows of docs/benchmarks.md, section "## Machine class: <class>", tables "backbone fp32" / "detector
-#: fp32" / "backbone bf16"). "auto" takes the first one installed; a class or case not here gets torch.
-#: AVX-512 + bf16 (AMD EPYC, 2 cores, 2026-12 run; see that section for the figures): OpenVINO ahead of ONNX
-#: Runtime ahead of our torch path for the fp32 backbone and the whole fp32 Faster R-CNN; for bf16 the
-#: backbone in OpenVINO bf16 ahead of torch bf16 autocast.
+#: (docs/benchmarks.md, section "## Machine class: <class>"). "auto" takes the first one installed; a class or
+#: case not here gets torch.
+#: AVX-512 + bf16: AMD EPYC, 2 cores, run of 2026-12-02 13:29 (subsection "Runtimes ..."), median s at 800x1216:
+#:   backbone fp32: OpenVINO 8.82, ONNX Runtime 9.49, ours torch 10.65 (torchvision 20.62);
+#:   detector fp32 (Faster R-CNN R50-FPN): ONNX Runtime 7.16, OpenVINO 7.30, ours torch 10.31 (torchvision 21.94);
+#:   backbone bf16: OpenVINO bf16 2.67, ours torch bf16 autocast 5.04.
 FASTEST: Dict[str, Dict[Tuple[str, str], Tuple[str, ...]]] = {
     "AVX-512 + bf16": {
         ("backbone", "fp32"): ("openvino", "onnxruntime", "torch"),
-        ("detector", "fp32"): ("openvino", "onnxruntime", "torch"),
+        ("detector", "fp32"): ("onnxruntime", "openvino", "torch"),
         ("backbone", "bf16"): ("openvino", "torch"),
     },
 }
