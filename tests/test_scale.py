@@ -225,3 +225,16 @@ def test_five_thousand_images_index_samplers_and_evaluator(tmp_path):
         coco_eval.summarize()
     np.testing.assert_allclose([ours[name] for name in STAT_NAMES], coco_eval.stats[:12], rtol=0, atol=1e-9)
     assert time.perf_counter() - start < 60
+
+
+def test_encode_masks_reads_bool_masks_in_place_with_the_same_rles():
+    import torch
+    from pycocotools import mask as mask_util
+
+    from resnet_fpn.coco_format import encode_masks
+
+    masks = torch.rand(5, 37, 41, generator=torch.Generator().manual_seed(0)) > 0.5
+    assert encode_masks(masks) == encode_masks(masks.to(torch.uint8))
+    strided = masks[:, ::2, :]  # not contiguous: copied, not misread
+    rles = [dict(r, counts=r["counts"].encode()) for r in encode_masks(strided)]
+    np.testing.assert_array_equal(mask_util.decode(rles).transpose(2, 0, 1), strided.numpy().astype(np.uint8))
