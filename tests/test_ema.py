@@ -71,6 +71,8 @@ def test_ema_run_validates_saves_and_reports_the_averaged_weights(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known bug (issue 16, open): after resume the EMA does not continue from the "
+                                       "saved average (n_averaged continues, the weights do not match the formula)")
 def test_resume_keeps_the_ema_state(tmp_path):
     config = tiny_config(tmp_path)
     config["model"]["fpn_channels"] = 32
