@@ -199,6 +199,32 @@ def resolve_speed_settings(trainer: TrainerConfig) -> SpeedSettings:
     return SpeedSettings(machine, precision, channels_last, precision_auto, channels_last_auto)
 
 
+def _raw_weights_kept_at_train_end(base: type) -> type:
+    """``EMAWeightAveraging`` whose checkpoints written after training ends still hold the raw weights.
+
+    Lightning runs ModelCheckpoint callbacks after all others, so ``save_last``'s checkpoint at the end of
+    training (when the final step is not a multiple of ``every_n_train_steps``) is written after
+    ``EMAWeightAveraging.on_train_end`` has copied the average into the module: its ``current_model_state`` would
+    be the average too, and a run resumed from it (to train longer) would continue from the averaged weights and
+    mix them into the average again. Here the raw weights are kept at that moment and written as
+    ``current_model_state``, as in every checkpoint written during training.
+    """
+
+    class EMAKeepingRawWeights(base):
+        _raw_at_train_end: Optional[Dict[str, torch.Tensor]] = None
+
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self._raw_at_train_end = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            super().on_train_end(trainer, pl_module)
+
+        def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            if self._raw_at_train_end is not None and "current_model_state" in checkpoint:
+                checkpoint["current_model_state"] = self._raw_at_train_end
+
+    return EMAKeepingRawWeights
+
+
 def ema_callback(ema: EMAConfig) -> Callback:
     """Lightning's ``EMAWeightAveraging`` for ``trainer.ema`` (Lightning >= 2.6).
 
@@ -207,10 +233,14 @@ def ema_callback(ema: EMAConfig) -> Callback:
     swaps the averaged weights in for each validation and copies them in when training ends (so the final
     evaluation is the EMA's); writes them as the checkpoint's ``state_dict`` (the inference weights that
     ``detector_from_checkpoint`` and ``resnet-fpn evaluate`` load) with the raw weights under
-    ``current_model_state`` and restores both on resume.
+    ``current_model_state`` (also in the checkpoint written when training ends, see
+    `_raw_weights_kept_at_train_end`) and restores both on resume.
 
     Args:
         ema: the ``trainer.ema`` section.
+
+    Returns:
+        The callback.
 
     Raises:
         ValueError: the installed Lightning has no EMAWeightAveraging (before 2.6): the version named.
@@ -221,8 +251,8 @@ def ema_callback(ema: EMAConfig) -> Callback:
         raise ValueError(f"trainer.ema needs Lightning >= 2.6 (lightning.pytorch.callbacks.EMAWeightAveraging); "
                          f"this is Lightning {L.__version__}: upgrade it (pip install 'lightning>=2.6') or remove "
                          f"trainer.ema") from None
-    return EMAWeightAveraging(decay=ema.decay, update_every_n_steps=ema.update_every_n_steps,
-                              update_starting_at_step=ema.start_step)
+    return _raw_weights_kept_at_train_end(EMAWeightAveraging)(
+        decay=ema.decay, update_every_n_steps=ema.update_every_n_steps, update_starting_at_step=ema.start_step)
 
 
 def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[ValidationHistory],
