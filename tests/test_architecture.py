@@ -29,13 +29,13 @@ ALLOWED = {
     "checkpoint": {"backbone", "detectors", "weights", "coco_format", "files", "preprocessing"},
     "predictor": {"checkpoint", "coco_format", "data"},
     "deploy": {"detectors", "backbone", "models", "weights", "files", "machine"},
-    "evaluate": {"checkpoint", "data", "deploy", "evaluation"},
+    "evaluate": {"checkpoint", "data", "deploy", "evaluation", "tta"},
     # tta wraps any torchvision detector (its transform, torchvision.ops): nothing of the package.
     "tta": set(),
     "training": {"machine", "backbone", "detectors", "checkpoint", "coco_format", "data", "evaluation", "files", "visualize",
                  "tta"},
     "cli": {"machine", "preprocessing", "hub", "backbone", "models", "detectors", "checkpoint", "coco_format", "data", "evaluation", "evaluate",
-            "deploy", "files", "predictor", "training", "visualize"},
+            "deploy", "files", "predictor", "training", "visualize", "tta"},
 }
 
 

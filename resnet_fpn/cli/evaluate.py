@@ -4,7 +4,7 @@
         --iou-types bbox segm --out metrics.json [--backend faster_coco_eval] [--plots DIR]
     resnet-fpn eval --checkpoint outputs/demo/checkpoints/last.ckpt --data-root DIR \
         [--ann instances_val.json --images DIR] --out metrics.json [--results-out results.json] [--plots DIR]
-        [--optimize [--dtype bfloat16]] [--map-categories name]
+        [--optimize [--dtype bfloat16]] [--map-categories name] [--tta [--tta-min-sizes 400 600 800]]
 
 Several results files are concatenated in order (e.g. one file per process). The table is printed, the
 metrics dict (``resnet_fpn.evaluation.evaluate_results`` layout) is written to ``--out``.
@@ -13,6 +13,11 @@ Nothing is scored as something else silently: a checkpoint whose category names 
 truth's for the same ids is refused (``--map-categories name`` pairs them by name instead); results whose
 ``file_name`` or ``category_name`` contradict the ground truth are refused; results covering only part of
 the ground-truth images, and ground-truth boxes with no area, print one ``warning: ...`` line each.
+
+``--tta`` also scores the detector under test-time augmentation (detectron2's TEST.AUG set by default: min sizes
+400-1200 step 100, max size 4000, horizontal flip; ``resnet_fpn.tta``) on the same images, and prints both
+tables; ``--out``, ``--results-out`` and ``--plots`` write the TTA ones beside the plain ones (``metrics_tta.json``,
+``results_tta.json``, ``PLOTS/tta/``).
 """
 from __future__ import annotations
 
@@ -39,6 +44,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 # resnet_fpn.deploy.RUNTIMES, spelled out so that parsing does not import torch and the models
 # (tests/test_runtimes.py checks that the two agree).
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+# resnet_fpn.tta.DETECTRON2_TTA (detectron2's TEST.AUG), spelled out for the same reason (tests check they agree).
+TTA_MIN_SIZES = tuple(range(400, 1201, 100))
+TTA_MAX_SIZE = 4000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--map-categories", choices=CATEGORY_MATCHING, default=None,
                       help="id (default): the checkpoint's category ids must carry the ground truth's names; "
                            "name: score each label as the ground-truth category of the same name (exact match)")
+    ckpt.add_argument("--tta", action="store_true",
+                      help="also evaluate with test-time augmentation (several scales and a horizontal flip, "
+                           "merged per class) and print both tables")
+    ckpt.add_argument("--tta-min-sizes", nargs="+", type=int, default=None, metavar="PX",
+                      help=f"with --tta: the shorter-side sizes (default: detectron2's {TTA_MIN_SIZES[0]}-"
+                           f"{TTA_MIN_SIZES[-1]} step 100)")
+    ckpt.add_argument("--tta-max-size", type=int, default=None, metavar="PX",
+                      help=f"with --tta: the longer-side limit (default: {TTA_MAX_SIZE})")
+    ckpt.add_argument("--tta-no-flip", action="store_true", help="with --tta: no horizontal flip")
 
 
 @contextlib.contextmanager
@@ -91,18 +108,25 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def _tta_path(path: Path) -> Path:
+    """Where the TTA twin of an output goes: ``metrics.json`` -> ``metrics_tta.json``."""
+    return path.with_name(f"{path.stem}_tta{path.suffix}")
+
+
 def _write_outputs(args: argparse.Namespace, metrics: Dict[str, Any], precision: Dict[str, Any],
-                   category_names: Sequence[str], iou_types: Sequence[str]) -> None:
-    """Print the table; write ``--plots`` and ``--out``."""
+                   category_names: Sequence[str], iou_types: Sequence[str], *, tta: bool = False) -> None:
+    """Print the table; write ``--plots`` and ``--out`` (their TTA twins with `tta`)."""
     print(format_metrics_table(metrics))
     if args.plots is not None:
+        folder = args.plots / "tta" if tta else args.plots
         for iou_type in iou_types:
-            paths = plot_precision_recall(precision[iou_type], args.plots, iou_type=iou_type,
+            paths = plot_precision_recall(precision[iou_type], folder, iou_type=iou_type,
                                           category_names=category_names)
             print(f"wrote {', '.join(str(p) for p in paths)}")
     if args.out is not None:
-        atomic_write_json(args.out, metrics)
-        print(f"wrote {args.out}")
+        out = _tta_path(args.out) if tta else args.out
+        atomic_write_json(out, metrics)
+        print(f"wrote {out}")
 
 
 def _checkpoint_mode(args: argparse.Namespace) -> None:
@@ -111,6 +135,7 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
 
     from ..data import resolve_data_paths
     from ..evaluate import evaluate_checkpoint
+    from ..tta import DETECTRON2_TTA
 
     if args.ann is not None and args.images is not None:
         ann, images = args.ann, args.images
@@ -121,13 +146,33 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
         args.checkpoint, ann_file=ann, images_dir=images, iou_types=args.iou_types, backend=args.backend,
         batch_size=args.batch_size, device=args.device, optimize=args.optimize,
         dtype=None if args.dtype is None else getattr(torch, args.dtype), runtime=args.runtime,
-        map_categories=args.map_categories or "id",
+        map_categories=args.map_categories or "id", tta=_tta_options(args, DETECTRON2_TTA),
     )
-    if args.results_out is not None:
-        atomic_write_json(args.results_out, evaluation.results, indent=None)
-        print(f"wrote {len(evaluation.results)} detections to {args.results_out}")
-    evaluator = evaluation.evaluator
-    _write_outputs(args, evaluation.metrics, evaluator.precision, evaluator.category_names, evaluator.iou_types)
+    runs = [(evaluation, False)] + ([(evaluation.tta, True)] if evaluation.tta is not None else [])
+    for run, tta in runs:
+        if evaluation.tta is not None:
+            print(_tta_heading(args) if tta else "without test-time augmentation:")
+        if args.results_out is not None:
+            out = _tta_path(args.results_out) if tta else args.results_out
+            atomic_write_json(out, run.results, indent=None)
+            print(f"wrote {len(run.results)} detections to {out}")
+        evaluator = run.evaluator
+        _write_outputs(args, run.metrics, evaluator.precision, evaluator.category_names, evaluator.iou_types, tta=tta)
+
+
+def _tta_options(args: argparse.Namespace, defaults: Dict[str, Any]) -> Any:
+    """TTADetector's options from ``--tta*`` (None without ``--tta``)."""
+    if not args.tta:
+        return None
+    return {"min_sizes": tuple(args.tta_min_sizes or defaults["min_sizes"]),
+            "max_size": args.tta_max_size or defaults["max_size"], "flip": not args.tta_no_flip}
+
+
+def _tta_heading(args: argparse.Namespace) -> str:
+    sizes = args.tta_min_sizes or TTA_MIN_SIZES
+    return (f"with test-time augmentation (min sizes {', '.join(map(str, sizes))}; max size "
+            f"{args.tta_max_size or TTA_MAX_SIZE}; {'no flip' if args.tta_no_flip else 'horizontal flip'}; "
+            "merged per class by NMS 0.5):")
 
 
 def _results_mode(args: argparse.Namespace) -> None:
@@ -148,6 +193,17 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--dtype needs --optimize")
     if args.runtime != "auto" and not args.optimize:
         parser.error("--runtime needs --optimize")
+    tta_options = args.tta_min_sizes is not None or args.tta_max_size is not None or args.tta_no_flip
+    if tta_options and not args.tta:
+        parser.error("--tta-min-sizes, --tta-max-size and --tta-no-flip need --tta")
+    if args.tta and args.checkpoint is None:
+        parser.error("--tta needs --checkpoint (it runs the detector under test-time augmentation)")
+    if args.tta and args.optimize:
+        parser.error("--tta runs the torch detector (TTA resizes through its own transform); it cannot be combined "
+                     "with --optimize: evaluate the two separately")
+    for flag, sizes in (("--tta-min-sizes", args.tta_min_sizes or []), ("--tta-max-size", [args.tta_max_size or 1])):
+        if any(size < 1 for size in sizes):
+            parser.error(f"{flag} takes positive pixel sizes, got {sizes}")
     if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
         parser.error("--checkpoint needs --data-root, or both --ann and --images")
     if args.map_categories is not None and args.checkpoint is None:
