@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.models.detection.image_list import ImageList
 
 __all__ = ["detections_and_losses", "seeded_rng"]
 
@@ -62,13 +63,20 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _rcnn(model: GeneralizedRCNN, images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]]
-          ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+def _transform_and_backbone(model: nn.Module, images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]]
+                            ) -> Tuple[List[Tuple[int, int]], ImageList, List[Dict[str, Tensor]], "OrderedDict[str, Tensor]"]:
+    """The part every torchvision detector's forward starts with: original sizes, resized batch, targets, features."""
     original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     image_list, targets = model.transform(list(images), [dict(t) for t in targets])
     features = model.backbone(image_list.tensors)
     if isinstance(features, Tensor):
         features = OrderedDict([("0", features)])
+    return original_sizes, image_list, targets, features
+
+
+def _rcnn(model: GeneralizedRCNN, images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]]
+          ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+    original_sizes, image_list, targets, features = _transform_and_backbone(model, images, targets)
     rpn = model.rpn
     levels = list(features.values())
     objectness, deltas = rpn.head(levels)
@@ -95,11 +103,7 @@ def _rcnn(model: GeneralizedRCNN, images: Sequence[Tensor], targets: Sequence[Di
 
 def _single_stage(model: nn.Module, images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]]
                   ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
-    original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    image_list, targets = model.transform(list(images), [dict(t) for t in targets])
-    features = model.backbone(image_list.tensors)
-    if isinstance(features, Tensor):
-        features = OrderedDict([("0", features)])
+    original_sizes, image_list, targets, features = _transform_and_backbone(model, images, targets)
     levels = list(features.values())
     head_outputs = model.head(levels)
     anchors = model.anchor_generator(image_list, levels)
