@@ -37,24 +37,38 @@ def max_relative_difference(ours: Mapping[str, Tensor], reference: Mapping[str, 
 
 
 def compare_detections(ours: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> Tuple[float, str]:
-    """Largest box difference in pixels of two detection dicts matched by rank, and a description.
+    """Largest box difference in pixels between two detection dicts, detections paired by label and box.
+
+    Each reference detection, best score first, takes the unpaired detection of ours with the same label whose
+    box is nearest (max coordinate difference). Pairing by rank would not do: two runtimes can swap
+    detections whose scores agree to 1e-7, which is no disagreement (deploy/parity.py pairs the same way).
 
     Args:
         ours: a torchvision detection dict (``boxes``, ``labels``, ...).
         theirs: the reference one.
 
     Returns:
-        ``(max |box difference| px, "N vs M detections, labels equal|DIFFER, max relative box difference")``
-        where the relative difference divides by ``max(|reference coordinate|, 1 px)``.
+        ``(max |box difference| px over the pairs, "N vs M detections, K paired by label and box[, U without a
+        partner of their label], max relative box difference R")``; the relative difference divides by
+        ``max(|reference coordinate|, 1 px)``.
     """
-    n_ours, n_theirs = len(ours["boxes"]), len(theirs["boxes"])
-    n = min(n_ours, n_theirs)
-    same_labels = torch.equal(ours["labels"][:n], theirs["labels"][:n])
-    a, b = ours["boxes"][:n].float(), theirs["boxes"][:n].float()
-    diff = (a - b).abs().max().item() if n else 0.0
-    relative = ((a - b).abs() / b.abs().clamp_min(1.0)).max().item() if n else 0.0
-    return diff, (f"{n_theirs} vs {n_ours} detections, labels {'equal' if same_labels else 'DIFFER'}, "
-                  f"max relative box difference {relative:.1e}")
+    a, b = ours["boxes"].float(), theirs["boxes"].float()
+    used = torch.zeros(len(a), dtype=torch.bool)
+    diff, relative, paired = 0.0, 0.0, 0
+    for i in range(len(b)):
+        candidates = (ours["labels"] == theirs["labels"][i]) & ~used
+        if not candidates.any():
+            continue
+        distance = (a - b[i]).abs().amax(dim=1).masked_fill(~candidates, float("inf"))
+        j = int(distance.argmin())
+        used[j] = True
+        paired += 1
+        diff = max(diff, float(distance[j]))
+        relative = max(relative, float(((a[j] - b[i]).abs() / b[i].abs().clamp_min(1.0)).max()))
+    unpaired = len(b) - paired
+    return diff, (f"{len(b)} vs {len(a)} detections, {paired} paired by label and box"
+                  + (f", {unpaired} without a partner of their label" if unpaired else "")
+                  + f", max relative box difference {relative:.1e}")
 
 
 def max_relative_loss_difference(ours: Mapping[str, float], theirs: Mapping[str, float]) -> float:

@@ -87,8 +87,13 @@ def test_detection_and_loss_differences():
     ours = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.5], [500.0, 500.0, 1000.0, 1001.0]]),
             "labels": torch.tensor([1, 3])}
     diff, text = compare_detections(ours, theirs)
-    assert diff == pytest.approx(1.0)
-    assert text == "2 vs 2 detections, labels DIFFER, max relative box difference 5.0e-02"
+    assert diff == pytest.approx(0.5)  # the label-2 detection has no partner: not paired with the label-3 one
+    assert text == "2 vs 2 detections, 1 paired by label and box, 1 without a partner of their label, " \
+                   "max relative box difference 5.0e-02"
+    # Swapped ranks (tied scores) are no disagreement.
+    swapped = {"boxes": theirs["boxes"].flip(0), "labels": theirs["labels"].flip(0)}
+    assert compare_detections(swapped, theirs) == (0.0, "2 vs 2 detections, 2 paired by label and box, "
+                                                        "max relative box difference 0.0e+00")
     assert max_relative_loss_difference({"a": 1.1, "b": 2.0}, {"a": 1.0, "b": 2.0}) == pytest.approx(0.1)
     with pytest.raises(ValueError, match=r"loss names differ: \['a'\] vs \['a', 'b'\]"):
         max_relative_loss_difference({"a": 1.0}, {"a": 1.0, "b": 2.0})
