@@ -130,7 +130,8 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
     Returns:
         ``(rows, skipped)``: rows "detector fp32": ours eager, ``optimize_for_inference(ours, runtime="torch")``,
         the default ``optimize_for_inference(ours)`` and one per peer (the whole detector's ONNX file), each with
-        the largest box difference (pixels) of the detections paired by label and nearest box (agreement.compare_detections).
+        the largest box difference (pixels) of the detections paired by label and nearest box
+        (``agreement.compare_detections``).
     """
     height, width = settings.inference_size
     theirs, ours = reference_models("faster_rcnn", size=min(height, width))
