@@ -27,7 +27,7 @@ ALLOWED = {
     "evaluation": {"coco_format", "files", "data"},
     "visualize": {"coco_format"},
     "checkpoint": {"backbone", "detectors", "weights", "coco_format", "files", "preprocessing"},
-    "predictor": {"checkpoint", "coco_format", "data"},
+    "predictor": {"checkpoint", "coco_format", "data", "deploy"},
     "deploy": {"detectors", "backbone", "models", "weights", "files", "machine"},
     "evaluate": {"checkpoint", "data", "deploy", "evaluation", "tta"},
     # tta wraps any torchvision detector (its transform, torchvision.ops): nothing of the package.

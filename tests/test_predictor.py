@@ -54,7 +54,7 @@ def small_checkpoint(fruits, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(small_checkpoint):
-    return Predictor.from_checkpoint(small_checkpoint, score_threshold=LOW_THRESHOLD)
+    return Predictor.from_checkpoint(small_checkpoint, score_threshold=LOW_THRESHOLD, runtime="eager")
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +161,24 @@ def test_prediction_matches_the_detector_and_categories(predictor, photo, photo_
     assert torch.equal(pred.masks, raw["masks"][keep][:, 0] > 0.5)
 
 
+def test_runtime_is_chosen_and_keeps_the_contract(small_checkpoint, photo, photo_prediction):
+    fast = Predictor.from_checkpoint(small_checkpoint, score_threshold=LOW_THRESHOLD, runtime="torch")
+    assert fast.detector.runtime == "torch" and "torch" in fast.detector.choice
+    pred = fast(photo)
+    # BN folded into the convolutions: the same detections up to float rounding (a detection at the score
+    # threshold may come or go).
+    n = min(len(pred), len(photo_prediction))
+    assert n >= len(photo_prediction) - 1 and n > 0
+    torch.testing.assert_close(pred.boxes[:n], photo_prediction.boxes[:n], atol=0.05, rtol=0)
+    assert pred.names[:n] == photo_prediction.names[:n]
+    with pytest.raises(ValueError, match=r"runtime must be one of \('auto', 'torch', 'onnxruntime', 'openvino', "
+                                         r"'eager'\), got 'tensorrt'"):
+        Predictor.from_checkpoint(small_checkpoint, runtime="tensorrt")
+
+
 def test_score_threshold_filters(small_checkpoint, photo, photo_prediction):
     threshold = float(photo_prediction.scores.median())
-    strict = Predictor.from_checkpoint(small_checkpoint, score_threshold=threshold)(photo)
+    strict = Predictor.from_checkpoint(small_checkpoint, score_threshold=threshold, runtime="eager")(photo)
     assert 0 < len(strict) < len(photo_prediction)
     assert bool((strict.scores >= threshold).all())
     assert torch.equal(strict.boxes, photo_prediction.boxes[photo_prediction.scores >= threshold])

@@ -174,16 +174,12 @@ def run(args: argparse.Namespace) -> int:
     if args.map_categories is not None and args.ann is None:
         args.parser.error("--map-categories needs --ann (the file whose category ids the results should carry)")
     paths = find_images(args.images)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold,
+                                          runtime=args.runtime)
+    if args.runtime != "eager":
+        print(f"inference runtime: {predictor.detector.choice}", file=sys.stderr)
     if args.ann is not None:
         predictor = _categories_for(predictor, args)
-    if args.runtime != "eager":
-        from ..deploy import optimize_for_inference
-
-        # Called as the detector (a list of images in, detection dicts in original pixels out): the
-        # Predictor's contract does not change with the runtime.
-        predictor.detector = optimize_for_inference(predictor.detector, runtime=args.runtime)
-        print(f"inference runtime: {predictor.detector.choice}", file=sys.stderr)
     if args.ann is not None:
         matched = _match_annotations(args.ann, paths)
         left_out = [p for p in paths if p not in matched]
