@@ -65,7 +65,17 @@ _INSTALL = {"onnxruntime": "pip install 'resnet_fpn[export]'", "openvino": "pip 
 #:   backbone fp32: OpenVINO 8.82, ONNX Runtime 9.49, ours torch 10.65 (torchvision 20.62);
 #:   detector fp32 (Faster R-CNN R50-FPN): ONNX Runtime 7.16, OpenVINO 7.30, ours torch 10.31 (torchvision 21.94);
 #:   backbone bf16: OpenVINO bf16 2.67, ours torch bf16 autocast 5.04.
+#: AMX: Intel Xeon with AMX + AVX512-BF16, 2 cores, run of 2026-12-02 18:04 (a training job shared the cores),
+#: median s at 800x1216:
+#:   backbone fp32: OpenVINO 1.73, ONNX Runtime 2.01, ours torch 3.13 (torchvision 5.37);
+#:   detector fp32 (Faster R-CNN R50-FPN): OpenVINO 4.53, ours torch 4.70, ONNX Runtime 5.26 (torchvision 12.02);
+#:   backbone bf16: OpenVINO bf16 0.51, ours torch bf16 autocast 2.20.
 FASTEST: Dict[str, Dict[Tuple[str, str], Tuple[str, ...]]] = {
+    "AMX": {
+        ("backbone", "fp32"): ("openvino", "onnxruntime", "torch"),
+        ("detector", "fp32"): ("openvino", "torch", "onnxruntime"),
+        ("backbone", "bf16"): ("openvino", "torch"),
+    },
     "AVX-512 + bf16": {
         ("backbone", "fp32"): ("openvino", "onnxruntime", "torch"),
         ("detector", "fp32"): ("onnxruntime", "openvino", "torch"),
