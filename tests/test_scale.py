@@ -116,6 +116,97 @@ def test_index_raises_what_coco_annotations_raises(data):
         index_from_dict(data, source="f.json", keep_segmentations=True)
 
 
+def _many_polygons(num=40):
+    """Annotations on 4 images in no image order, polygons of values other than 0 and 1 (so that the bulk
+    check of coordinates looks at the few values equal to 0 or 1 one by one), crowd polygons and a dropped box."""
+    rng = np.random.default_rng(7)
+    anns = []
+    for k in range(1, num + 1):
+        poly = np.round(rng.uniform(2, 30, 2 * int(rng.integers(3, 9))), 2).tolist()
+        polygons = [poly] + [[2, 3, 5, 3, 5, 7]] * (k % 2)
+        anns.append({"id": k, "image_id": int(rng.integers(1, 5)), "category_id": 3, "bbox": [2.5, 3, 10, 12],
+                     "area": 50.0, "iscrowd": int(k % 9 == 0), "segmentation": polygons})
+    anns[4]["bbox"] = [4, 4, 0.5, 3]  # dropped from the targets (< 1 px wide), its polygon still checked
+    return {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 32, "height": 32} for i in (3, 1, 4, 2)],
+            "categories": [{"id": 3, "name": "c"}], "annotations": anns}
+
+
+def _set(path, value):
+    def fn(data):
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return fn
+
+
+@pytest.mark.parametrize("edit", [
+    _set(("annotations", 6, "segmentation", 0, 3), True),  # a bool among numbers that are not 0 or 1
+    _set(("annotations", 6, "segmentation", 0, 3), False),
+    _set(("annotations", 9, "segmentation", 0, 2), "12.5"),  # a number as a string
+    _set(("annotations", 9, "segmentation", 0, 2), None),
+    _set(("annotations", 17, "segmentation", 0, 2), True),  # a crowd region's polygon (not a target)
+    _set(("annotations", 4, "segmentation", 0, 0), "7"),  # the dropped box's polygon
+    _set(("annotations", 11, "bbox", 2), True),  # a bool in a box
+    _set(("annotations", 11, "bbox", 0), "2.5"),
+    _set(("annotations", 12, "segmentation", 0, 1), 1e400),  # inf
+], ids=["bool-true", "bool-false", "str", "none", "crowd-polygon", "dropped-box-polygon", "bbox-bool", "bbox-str",
+        "inf"])
+def test_index_bulk_checks_find_one_bad_value_among_many(edit):
+    data = _many_polygons()
+    edit(data)
+    with pytest.raises(ValueError) as expected:
+        CocoAnnotations(data, source="f.json").check_segmentations()
+    with pytest.raises(ValueError, match="^" + __import__("re").escape(str(expected.value)) + "$"):
+        index_from_dict(data, source="f.json", keep_segmentations=True)
+
+
+def test_index_packs_polygons_of_annotations_in_no_image_order():
+    data = _many_polygons()
+    gt = CocoAnnotations(data, source="mem")
+    index = index_from_dict(data, source="mem", keep_segmentations=True)
+    assert index.num_crowd == 4 and index.num_degenerate == 1
+    for i, image_id in enumerate(index.image_ids.tolist()):
+        expected = [a for a in gt.annotations_by_image[image_id] if not a["iscrowd"] and a["id"] != 5]
+        start, stop = index.annotation_range(i)
+        assert [index.segmentation(a) for a in range(start, stop)] == [a["segmentation"] for a in expected]
+
+
+def test_index_of_an_in_memory_dict_with_other_number_types():
+    """numpy numbers and list subclasses are valid by the rules (not JSON's types): packed as their values."""
+    data = _many_polygons(12)
+    plain = index_from_dict(data, source="mem", keep_segmentations=True)
+    for ann in data["annotations"]:
+        ann["segmentation"] = [type("Polygon", (list,), {})(np.float64(v) for v in poly) if k else
+                               [np.float32(v) if v % 1 == 0 else v for v in poly]
+                               for k, poly in enumerate(ann["segmentation"])]
+        ann["bbox"] = [np.float64(v) for v in ann["bbox"]]
+    other = index_from_dict(data, source="mem", keep_segmentations=True)
+    for name in ("boxes", "labels", "area", "seg_kind", "poly_offsets", "coord_offsets", "coords", "ann_offsets"):
+        np.testing.assert_array_equal(getattr(other, name), getattr(plain, name), err_msg=name)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_build_leaves_the_garbage_collector_as_it_was(tmp_path, enabled):
+    import gc
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_many_polygons(5)))
+    data = _many_polygons(5)
+    data["annotations"][2]["bbox"] = [1, 2, 3]
+    bad.write_text(json.dumps(data))
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        assert len(build_training_index(good, keep_segmentations=True)) == 4
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError, match="annotation id 3 has bbox"):
+            build_training_index(bad, keep_segmentations=True)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 def test_index_is_numpy_arrays_and_much_smaller_than_the_json(small_file):
     root, info = small_file
     index = build_training_index(root / "ann.json", keep_segmentations=True)

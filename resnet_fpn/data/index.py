@@ -11,21 +11,24 @@ arrays with per-image offsets, polygon coordinates in one float64 array with per
 segmentations (RLE) as JSON bytes. A numpy array's data is never touched by reference counting, so the
 workers' reads stay shared. Polygons become Python lists again only in ``__getitem__``, for one image.
 
-Validation is vectorised (type sets, numpy range checks); when anything looks wrong, the per-entry rules of
-``coco_format`` run over the entries in file order, so the error is the one ``CocoAnnotations`` raises,
-naming the file and the first bad entry.
+Validation is vectorised (type sets and C-level sums over whole columns, numpy range checks; no Python code
+per annotation or coordinate); when anything looks wrong, the per-entry rules of ``coco_format`` run over the
+entries in file order, so the error is the one ``CocoAnnotations`` raises, naming the file and the first bad
+entry. The cyclic garbage collector is off while a file is read and packed (see :func:`build_training_index`).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
 from dataclasses import dataclass, fields
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -133,15 +136,26 @@ def release_free_memory() -> None:
     its heap unless asked, so the process (and every worker forked from it) would carry them.
     """
     gc.collect()
+    _trim_heap()
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    """glibc's ``malloc_trim``, looked up once; None elsewhere (musl, macOS)."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return
-    trim(0)
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the system (no garbage collection: see :func:`build_training_index`)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def build_training_index(path: PathLike, *, keep_segmentations: bool) -> TrainingIndex:
@@ -162,12 +176,22 @@ def build_training_index(path: PathLike, *, keep_segmentations: bool) -> Trainin
             malformed segmentation.
     """
     source = str(path)
-    data = load_coco_json(path)
+    # A JSON parse makes millions of containers and not one reference cycle; with the cyclic collector on, its
+    # passes walk them again and again while they are made and while they are packed (a third of the parse of a
+    # 10k-image file), freeing nothing. It is off for the build: the parse is freed by reference counting when
+    # ``data`` goes, so no collection is needed after it either (a full one walks every object of the process).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        return index_from_dict(data, source=source, keep_segmentations=keep_segmentations)
+        data = load_coco_json(path)
+        try:
+            return index_from_dict(data, source=source, keep_segmentations=keep_segmentations)
+        finally:
+            del data
     finally:
-        del data
-        release_free_memory()
+        if collecting:
+            gc.enable()
+        _trim_heap()
 
 
 def index_from_dict(data: Mapping[str, Any], *, source: str, keep_segmentations: bool) -> TrainingIndex:
@@ -192,10 +216,7 @@ def index_from_dict(data: Mapping[str, Any], *, source: str, keep_segmentations:
     category_ids = np.array(sorted(category_names), dtype=np.int64)
 
     a = _annotations(anns, image_ids, category_ids, source)
-    segs = [ann.get("segmentation") for ann in anns]
-    packed = _Segmentations(segs, anns if keep_segmentations else None)
-    if keep_segmentations:
-        packed.check(anns, widths, heights, a["image_pos"], source)
+    packed = _Segmentations([ann.get("segmentation") for ann in anns])
     unsegmented = ~a["crowd"] & ~packed.present()
 
     # The training rules of resnet_fpn.data.coco: crowd left out, boxes clipped, < 1 px boxes dropped.
@@ -222,8 +243,9 @@ def index_from_dict(data: Mapping[str, Any], *, source: str, keep_segmentations:
     poly_offsets = coord_offsets = json_offsets = empty_i64
     coords = np.zeros(0, dtype=np.float64)
     json_bytes = np.zeros(0, dtype=np.uint8)
-    if keep_segmentations:
-        seg_kind, poly_offsets, coord_offsets, coords, json_offsets, json_bytes = packed.pack(kept, segs)
+    if keep_segmentations:  # checks every present segmentation first (CocoAnnotations.check_segmentations)
+        seg_kind, poly_offsets, coord_offsets, coords, json_offsets, json_bytes = packed.check_and_pack(
+            anns, kept, widths, heights, pos, source)
     encoded = [n.encode("utf-8") for n in names]
     name_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(n) for n in encoded], out=name_offsets[1:])
@@ -256,22 +278,46 @@ def index_from_dict(data: Mapping[str, Any], *, source: str, keep_segmentations:
 # --------------------------------------------------------------------------------------------
 # Vectorised validation; on a suspicion, coco_format's per-entry rules name the first offender
 # --------------------------------------------------------------------------------------------
-def _only(values: Sequence[Any], allowed: frozenset) -> bool:
+def _only(values: Iterable[Any], allowed: frozenset) -> bool:
+    """Whether every value's exact type is in ``allowed`` (bool is not int, a dict subclass is not dict)."""
     return set(map(type, values)) <= allowed
 
 
+def _columns(entries: List[Any], keys: Sequence[str]) -> Optional[List[List[Any]]]:
+    """``[entry[key] for entry in entries]`` of each key (C-level maps, no per-entry Python code), or None when
+    an entry lacks a key (or is not a mapping): the caller's ``.get`` path then handles it."""
+    try:
+        return [list(map(itemgetter(key), entries)) for key in keys]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _int64(values: List[Any], *, exact: bool) -> np.ndarray:
+    """``np.array(values, dtype=np.int64)`` (OverflowError beyond int64); ``exact``: of exact ints, faster."""
+    if exact:
+        return np.fromiter(values, dtype=np.int64, count=len(values))
+    return np.array(values, dtype=np.int64).reshape(-1)
+
+
+_DICT, _INT, _STR, _LIST = frozenset({dict}), frozenset({int}), frozenset({str}), frozenset({list})
+_IMAGE_KEYS = ("id", "file_name", "width", "height")
+_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+
+
 def _images(images: List[Any], source: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
-    ok = _only(images, frozenset({dict}))
+    ok = _only(images, _DICT)
     if ok:
-        ids = [img.get("id") for img in images]
-        names = [img.get("file_name") for img in images]
-        sizes = [(img.get("width"), img.get("height")) for img in images]
-        ok = _only(ids, frozenset({int})) and _only(names, frozenset({str})) and all(names)
-        ok = ok and _only(list(chain.from_iterable(sizes)), _NUMBER_TYPES)
+        columns = _columns(images, _IMAGE_KEYS)
+        ok = columns is not None
+    if ok:
+        ids, names, width_values, height_values = columns  # type: ignore[misc]
+        ok = (_only(ids, _INT) and _only(names, _STR) and all(names)
+              and _only(width_values, _NUMBER_TYPES) and _only(height_values, _NUMBER_TYPES))
     if ok:
         try:
             id_array = np.array(ids, dtype=np.int64).reshape(-1)
-            size_array = np.array(sizes, dtype=np.float64).reshape(-1, 2)
+            size_array = np.stack([np.array(width_values, dtype=np.float64).reshape(-1),
+                                   np.array(height_values, dtype=np.float64).reshape(-1)], axis=1)
         except OverflowError:
             ok = False
     if ok:
@@ -294,30 +340,47 @@ def _annotations(anns: List[Any], image_ids: np.ndarray, category_ids: np.ndarra
     ``validated``: the entries passed coco_format's per-entry rules already (the type gates are skipped).
     """
     missing = object()
-    ok = validated or _only(anns, frozenset({dict}))
+    ok = validated or _only(anns, _DICT)
     if ok:
-        ids = [ann.get("id") for ann in anns]
-        image_refs = [ann.get("image_id") for ann in anns]
-        category_refs = [ann.get("category_id") for ann in anns]
-        bboxes = [ann.get("bbox") for ann in anns]
-        areas = [ann.get("area", missing) for ann in anns]
-        crowds = [ann.get("iscrowd", 0) for ann in anns]
-        ints = frozenset({int})
-        ok = validated or (_only(ids, ints) and _only(image_refs, ints) and _only(category_refs, ints) and _only(crowds, ints)
-              and _only(bboxes, frozenset({list})) and set(map(len, bboxes)) <= {4}
-              and _only(list(chain.from_iterable(bboxes)), _NUMBER_TYPES)
-              and _only(areas, _NUMBER_TYPES | {object}))
+        columns = _columns(anns, _ANNOTATION_KEYS)
+        if columns is not None:  # every entry has every key: one C-level map per field
+            ids, image_refs, category_refs, bboxes, areas, crowds = columns
+            area_types = _NUMBER_TYPES
+        else:  # a key is missing somewhere: area and iscrowd may be left out; the rest is refused below
+            ids = [ann.get("id") for ann in anns]
+            image_refs = [ann.get("image_id") for ann in anns]
+            category_refs = [ann.get("category_id") for ann in anns]
+            bboxes = [ann.get("bbox") for ann in anns]
+            areas = [ann.get("area", missing) for ann in anns]
+            crowds = [ann.get("iscrowd", 0) for ann in anns]
+            area_types = _NUMBER_TYPES | {object}
+        ok = validated or (_only(ids, _INT) and _only(image_refs, _INT) and _only(category_refs, _INT)
+                           and _only(crowds, _INT) and _only(bboxes, _LIST) and set(map(len, bboxes)) <= {4}
+                           and _only(areas, area_types))
+    if ok:
+        try:
+            # Lists of 4 (checked above, or by the per-entry rules): one flat conversion. Unvalidated, the values
+            # must be ints or floats (_real_values; None otherwise, and the per-entry rules decide).
+            flat_boxes = (np.fromiter(chain.from_iterable(bboxes), dtype=np.float64, count=4 * len(bboxes))
+                          if validated else _real_values(bboxes, np.full(len(bboxes), 4, dtype=np.int64)))
+            ok = flat_boxes is not None
+        except OverflowError:
+            ok = False
     if ok:
         try:
             out = {
-                "id": np.array(ids, dtype=np.int64).reshape(-1),
-                "image_id": np.array(image_refs, dtype=np.int64).reshape(-1),
-                "category_id": np.array(category_refs, dtype=np.int64).reshape(-1),
-                "bbox": np.array(bboxes, dtype=np.float64).reshape(-1, 4),
-                "crowd_value": np.array(crowds, dtype=np.int64).reshape(-1),
+                "id": _int64(ids, exact=not validated),
+                "image_id": _int64(image_refs, exact=not validated),
+                "category_id": _int64(category_refs, exact=not validated),
+                "bbox": flat_boxes.reshape(-1, 4),
+                "crowd_value": _int64(crowds, exact=not validated),
             }
-            has_area = np.array([x is not missing for x in areas], dtype=bool).reshape(-1)
-            area = np.array([x if x is not missing else np.nan for x in areas], dtype=np.float64).reshape(-1)
+            if columns is not None:
+                has_area = np.ones(len(anns), dtype=bool)
+                area = np.array(areas, dtype=np.float64).reshape(-1)
+            else:
+                has_area = np.array([x is not missing for x in areas], dtype=bool).reshape(-1)
+                area = np.array([x if x is not missing else np.nan for x in areas], dtype=np.float64).reshape(-1)
         except OverflowError:
             ok = False
     if ok:
@@ -367,32 +430,48 @@ def _offsets(lengths: Any, count: int) -> np.ndarray:
     return out
 
 
+def _real_values(rows: List[list], lengths: np.ndarray) -> Optional[np.ndarray]:
+    """The values of ``rows`` (lists), flat as float64, or None unless every one is an int or a float (not a bool).
+
+    What ``_only(chain.from_iterable(rows), {int, float})`` and a conversion would give, at about half the cost
+    for the millions of polygon coordinates of a COCO file: ``sum`` (C loops) raises on a str, None, a list or a
+    dict, and ends as an int or a float only when no other number type took part (Decimal, numpy's numbers and
+    the like give their own type or raise); a bool is 0 or 1 as a number, so only the values equal to 0 or 1 are
+    looked at one by one (all of them exactly when there are many).
+    """
+    try:
+        if type(sum(map(sum, rows))) not in _NUMBER_TYPES:
+            return None
+        values = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=int(lengths.sum()))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    suspects = np.flatnonzero((values == 0.0) | (values == 1.0))
+    if len(suspects) > len(values) // 16:
+        return values if _only(chain.from_iterable(rows), _NUMBER_TYPES) else None
+    if len(suspects):
+        starts = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        row = np.searchsorted(starts, suspects, side="right") - 1
+        if not _only([rows[r][k] for r, k in zip(row.tolist(), (suspects - starts[row]).tolist())], _NUMBER_TYPES):
+            return None
+    return values
+
+
 class _Segmentations:
-    """Every annotation's ``segmentation``: polygon lengths in bulk, coordinates when they are to be kept.
+    """Every annotation's ``segmentation``: polygon lengths in bulk; checked and packed once the kept ones are known.
 
     Args:
         segs: ``ann.get("segmentation")`` of every annotation, file order.
-        anns: the annotations, when the coordinates are to be checked and packed (``keep_segmentations``).
     """
 
-    def __init__(self, segs: List[Any], anns: Optional[List[Any]]) -> None:
+    def __init__(self, segs: List[Any]) -> None:
         self.segs = segs
         self.is_list = np.fromiter((type(s) is list for s in segs), dtype=bool, count=len(segs))
         lists = [s for s in segs if type(s) is list]
         self.poly_offsets = _offsets(map(len, lists), len(lists))  # per list segmentation
         self.polygons = list(chain.from_iterable(lists))
-        self.well_typed = _only(self.polygons, frozenset({list}))
         self.poly_lengths = (np.fromiter(map(len, self.polygons), dtype=np.int64, count=len(self.polygons))
-                             if self.well_typed else None)
-        self.coords: Optional[np.ndarray] = None
-        if anns is not None and self.well_typed:
-            flat = list(chain.from_iterable(self.polygons))
-            if _only(flat, _NUMBER_TYPES):
-                try:
-                    self.coords = np.array(flat, dtype=np.float64)
-                except OverflowError:
-                    self.coords = None
-            del flat
+                             if _only(self.polygons, _LIST) else None)
 
     def present(self) -> np.ndarray:
         """``coco_format._segmentation_present`` of every segmentation, as a bool array."""
@@ -413,30 +492,80 @@ class _Segmentations:
                 present[i] = any(isinstance(poly, list) and len(poly) >= MIN_POLYGON_COORDS for poly in seg)
         return present
 
-    def check(self, anns: List[Any], widths: np.ndarray, heights: np.ndarray, image_pos: np.ndarray,
-              source: str) -> None:
-        """``CocoAnnotations.check_segmentations``: polygons and RLE counts in bulk; the exact rule on a doubt.
+    def check_and_pack(self, anns: List[Any], kept: np.ndarray, widths: np.ndarray, heights: np.ndarray,
+                       image_pos: np.ndarray, source: str) -> Tuple[np.ndarray, ...]:
+        """``CocoAnnotations.check_segmentations``, then the kept annotations' segmentations packed.
+
+        Every present segmentation is checked (crowd regions and dropped boxes included): polygons and RLE counts
+        in bulk, the exact rule of ``coco_format`` on a doubt. The kept annotations' polygons are converted
+        straight in the order of ``kept`` (no file-order copy to gather from); the other segmentations (RLE)
+        are stored as JSON bytes.
+
+        Args:
+            anns: the annotations, file order.
+            kept: the training annotations, in index order.
+            widths, heights: per image. image_pos: each annotation's image position.
+            source: how messages name the file.
+
+        Returns:
+            ``(seg_kind, poly_offsets, coord_offsets, coords, json_offsets, json_bytes)`` of the kept annotations.
 
         Raises:
             ValueError: the first malformed segmentation in file order (``"<source>: annotation id N ..."``).
         """
-        ok = (self.coords is not None and bool(np.isfinite(self.coords).all())
-              and not (self.poly_lengths % 2).any())
-        others = np.flatnonzero(~self.is_list).tolist()
+        kept_is_list = self.is_list[kept]
+        list_number = np.cumsum(self.is_list) - 1  # list segmentation j: polygons poly_offsets[j]:poly_offsets[j + 1]
+        kept_lists = list_number[kept[kept_is_list]]
+        p_start, p_stop = self.poly_offsets[kept_lists], self.poly_offsets[kept_lists + 1]
+        order = _ranges(p_start, p_stop)  # the kept annotations' polygons, in index order
+        rest = np.ones(len(self.polygons), dtype=bool)
+        rest[order] = False
+        rest = np.flatnonzero(rest)  # the other polygons (crowd regions, dropped boxes): checked, not kept
+        take = self.polygons.__getitem__
+        kept_polygons = list(map(take, order.tolist()))
+        coords: Optional[np.ndarray] = None
+        ok = False
+        if self.poly_lengths is not None and not (self.poly_lengths % 2).any():
+            coords = _real_values(kept_polygons, self.poly_lengths[order])
+            others = _real_values(list(map(take, rest.tolist())), self.poly_lengths[rest])
+            ok = (coords is not None and others is not None and bool(np.isfinite(coords).all())
+                  and bool(np.isfinite(others).all()))
         if ok:
-            ok = self._rles_ok([i for i in others if "segmentation" in anns[i]], widths, heights, image_pos)
-        if ok:
-            return
-        for i, ann in enumerate(anns):  # the exact rule and message, first offender in file order
-            if "segmentation" in ann:
-                k = image_pos[i]
-                problem = segmentation_problem(ann["segmentation"], height=int(heights[k]), width=int(widths[k]))
-                if problem:
-                    raise ValueError(f"{source}: annotation id {ann['id']} {problem}")
+            others_present = np.flatnonzero(~self.is_list).tolist()
+            ok = self._rles_ok([i for i in others_present if "segmentation" in anns[i]], widths, heights, image_pos)
+        if not ok:
+            for i, ann in enumerate(anns):  # the exact rule and message, first offender in file order
+                if "segmentation" in ann:
+                    k = image_pos[i]
+                    problem = segmentation_problem(ann["segmentation"], height=int(heights[k]), width=int(widths[k]))
+                    if problem:
+                        raise ValueError(f"{source}: annotation id {ann['id']} {problem}")
+            # Valid by the rules, though not of JSON's exact types (an in-memory dict: numpy numbers, list
+            # subclasses): the polygons are lists of real numbers, converted as they are.
+            kept_lengths = np.fromiter(map(len, kept_polygons), dtype=np.int64, count=len(kept_polygons))
+            coords = np.fromiter(chain.from_iterable(kept_polygons), dtype=np.float64, count=int(kept_lengths.sum()))
+        else:
+            kept_lengths = self.poly_lengths[order]  # type: ignore[index]
+        assert coords is not None
+
+        kinds = np.where(kept_is_list, SEG_POLYGONS,
+                         np.where([self.segs[k] is None for k in kept.tolist()], SEG_NONE, SEG_JSON)).astype(np.int8)
+        polys_per_ann = np.zeros(len(kept), dtype=np.int64)
+        polys_per_ann[kept_is_list] = p_stop - p_start
+        poly_offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum(polys_per_ann, out=poly_offsets[1:])
+        coord_offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(kept_lengths, out=coord_offsets[1:])
+        json_kept = np.flatnonzero(kinds == SEG_JSON)
+        texts = [b""] * len(kept)
+        for a, k in zip(json_kept.tolist(), kept[json_kept].tolist()):
+            texts[a] = json.dumps(self.segs[k]).encode("utf-8")
+        json_offsets = _offsets(map(len, texts), len(texts))
+        json_bytes = np.frombuffer(b"".join(texts), dtype=np.uint8).copy()
+        return kinds, poly_offsets, coord_offsets, coords, json_offsets, json_bytes
 
     def _rles_ok(self, indices: List[int], widths: np.ndarray, heights: np.ndarray, image_pos: np.ndarray) -> bool:
         """Whether every RLE among ``indices`` passes :func:`segmentation_problem` (checked in bulk)."""
-        ints = frozenset({int})
         for i in indices:
             seg = self.segs[i]
             if type(seg) is not dict:
@@ -444,43 +573,11 @@ class _Segmentations:
             size, counts = seg.get("size"), seg.get("counts")
             k = image_pos[i]
             height, width = int(heights[k]), int(widths[k])
-            if type(size) is not list or len(size) != 2 or not _only(size, ints) or size != [height, width]:
+            if type(size) is not list or len(size) != 2 or not _only(size, _INT) or size != [height, width]:
                 return False
-            if type(counts) is list:
-                if not _only(counts, ints):
-                    return False
-                try:
-                    array = np.array(counts, dtype=np.int64)
-                except OverflowError:
-                    return False
-                if (array < 0).any() or int(array.sum()) != height * width:
+            if type(counts) is list:  # Python's min and sum over exact ints: no array per region
+                if not counts or not _only(counts, _INT) or min(counts) < 0 or sum(counts) != height * width:
                     return False
             elif not isinstance(counts, (str, bytes)) or not counts:
                 return False
         return True
-
-    def pack(self, kept: np.ndarray, segs: List[Any]) -> Tuple[np.ndarray, ...]:
-        """The kept annotations' segmentations: polygons as offsets into coordinates, the rest as JSON bytes."""
-        assert self.coords is not None and self.poly_lengths is not None  # check() passed
-        kinds = np.where(self.is_list[kept], SEG_POLYGONS,
-                         np.where([segs[k] is None for k in kept.tolist()], SEG_NONE, SEG_JSON)).astype(np.int8)
-        # list segmentation j of the file: polygons poly_offsets[j]:poly_offsets[j + 1]
-        list_number = np.cumsum(self.is_list) - 1
-        kept_lists = list_number[kept[self.is_list[kept]]]
-        p_start, p_stop = self.poly_offsets[kept_lists], self.poly_offsets[kept_lists + 1]
-        polys_per_ann = np.zeros(len(kept), dtype=np.int64)
-        polys_per_ann[self.is_list[kept]] = p_stop - p_start
-        poly_offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-        np.cumsum(polys_per_ann, out=poly_offsets[1:])
-        polygons = _ranges(p_start, p_stop)
-        all_coord_offsets = np.zeros(len(self.poly_lengths) + 1, dtype=np.int64)
-        np.cumsum(self.poly_lengths, out=all_coord_offsets[1:])
-        c_start, c_stop = all_coord_offsets[polygons], all_coord_offsets[polygons + 1]
-        coord_offsets = np.zeros(len(polygons) + 1, dtype=np.int64)
-        np.cumsum(c_stop - c_start, out=coord_offsets[1:])
-        coords = self.coords[_ranges(c_start, c_stop)]
-        texts = [json.dumps(segs[k]).encode("utf-8") if kind == SEG_JSON else b""
-                 for k, kind in zip(kept.tolist(), kinds.tolist())]
-        json_offsets = _offsets(map(len, texts), len(texts))
-        json_bytes = np.frombuffer(b"".join(texts), dtype=np.uint8).copy()
-        return kinds, poly_offsets, coord_offsets, coords, json_offsets, json_bytes
