@@ -141,7 +141,15 @@ def release_free_memory() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _malloc_trim() -> Optional[Callable[[int], int]]:
-    """glibc's ``malloc_trim``, looked up once; None elsewhere (musl, macOS)."""
+    """glibc's ``malloc_trim``, looked up once; None elsewhere (musl, macOS, Windows).
+
+    First among the symbols already loaded (``dlopen(NULL)``: libc is one of them on Linux), since
+    ``find_library`` runs ``ldconfig`` in a subprocess (a fork of the whole process, milliseconds).
+    """
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        pass
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -283,6 +291,12 @@ def _only(values: Iterable[Any], allowed: frozenset) -> bool:
     return set(map(type, values)) <= allowed
 
 
+def _distinct(values: np.ndarray) -> bool:
+    """Whether no value repeats (a sort; np.unique would import numpy.ma on first use, ~15 ms a process)."""
+    ordered = np.sort(values)
+    return bool((ordered[1:] != ordered[:-1]).all())
+
+
 def _columns(entries: List[Any], keys: Sequence[str]) -> Optional[List[List[Any]]]:
     """``[entry[key] for entry in entries]`` of each key (C-level maps, no per-entry Python code), or None when
     an entry lacks a key (or is not a mapping): the caller's ``.get`` path then handles it."""
@@ -323,7 +337,7 @@ def _images(images: List[Any], source: str) -> Tuple[np.ndarray, np.ndarray, np.
     if ok:
         ok = bool(
             np.isfinite(size_array).all() and (size_array > 0).all() and (size_array == np.floor(size_array)).all()
-            and (size_array <= MAX_IMAGE_SIDE).all() and len(np.unique(id_array)) == len(id_array)
+            and (size_array <= MAX_IMAGE_SIDE).all() and _distinct(id_array)
         )
     if not ok:
         _index_images(images, source)  # raises the first problem, as CocoAnnotations does
