@@ -151,7 +151,7 @@ def _cell(values: List[Optional[float]]) -> str:
 
 def table(rows: List[Dict[str, Any]]) -> str:
     """The Markdown table: one row per data set and arm, AP as mean ± sample std over seeds."""
-    lines = ["| data | model | arm | steps (s/step) | run s (mean) | bbox AP | segm AP | seeds |",
+    lines = ["| data | model | arm | steps (s/step) | run s (median) | bbox AP | segm AP | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for dataset in DATASETS:
         for arm in (*ARMS, "baseline+tta"):
@@ -160,7 +160,8 @@ def table(rows: List[Dict[str, Any]]) -> str:
                 continue
             steps = got[0]["steps"]
             step_s = got[0]["step_s"]
-            seconds = f"{statistics.mean(r['seconds'] for r in got):.0f}"
+            # The median: a run that shared the cores with another job (or was paused) does not skew it.
+            seconds = f"{statistics.median(r['seconds'] for r in got):.0f}"
             lines.append(f"| {dataset} | {DATASETS[dataset]['model']} R18-FPN | {arm} | {steps} ({step_s:.2f}) | "
                          f"{seconds} | {_cell([r['bbox'] for r in got])} | {_cell([r['segm'] for r in got])} | "
                          f"{len(got)} |")
@@ -197,9 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 config = recipe(dataset, arm, seed=seed, steps=steps, output_dir=args.out / "runs" / name,
                                 tta=arm == "baseline")
                 got = _cached(args.out / f"{name}.json", lambda: _run(config))
-                step_s = calibrate(dataset, arm, args.out)
-                rows.append({"dataset": dataset, "arm": arm, "seed": seed, "steps": steps, "step_s": step_s,
-                             "seconds": got["seconds"], "bbox": _ap(got["metrics"], "bbox"),
+                rows.append({"dataset": dataset, "arm": arm, "seed": seed, "steps": steps,
+                             "step_s": step_s[dataset, arm], "seconds": got["seconds"], "bbox": _ap(got["metrics"], "bbox"),
                              "segm": _ap(got["metrics"], "segm")})
                 print(f"[ablation] {name}: {steps} steps, {got['seconds']:.0f} s, bbox AP {rows[-1]['bbox']}", flush=True)
                 if got.get("metrics_tta"):
