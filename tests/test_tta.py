@@ -143,6 +143,7 @@ def test_eval_tta_of_the_model_size_without_flip_equals_the_plain_evaluation(sha
     (["--tta-min-sizes", "400"], "--tta-min-sizes, --tta-max-size and --tta-no-flip need --tta"),
     (["--tta", "--optimize"], "--tta runs the torch detector"),
     (["--tta", "--tta-min-sizes", "0"], r"--tta-min-sizes takes positive pixel sizes, got \[0\]"),
+    (["--tta", "--tta-max-size", "0"], r"--tta-max-size takes positive pixel sizes, got 0"),
 ])
 def test_eval_tta_flag_errors(tmp_path, capsys, argv, message):
     from resnet_fpn.cli import main

@@ -137,6 +137,8 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
     from ..evaluate import evaluate_checkpoint
     from ..tta import DETECTRON2_TTA
 
+    tta_options = _tta_options(args, DETECTRON2_TTA)
+
     if args.ann is not None and args.images is not None:
         ann, images = args.ann, args.images
     else:
@@ -146,12 +148,12 @@ def _checkpoint_mode(args: argparse.Namespace) -> None:
         args.checkpoint, ann_file=ann, images_dir=images, iou_types=args.iou_types, backend=args.backend,
         batch_size=args.batch_size, device=args.device, optimize=args.optimize,
         dtype=None if args.dtype is None else getattr(torch, args.dtype), runtime=args.runtime,
-        map_categories=args.map_categories or "id", tta=_tta_options(args, DETECTRON2_TTA),
+        map_categories=args.map_categories or "id", tta=tta_options,
     )
     runs = [(evaluation, False)] + ([(evaluation.tta, True)] if evaluation.tta is not None else [])
     for run, tta in runs:
         if evaluation.tta is not None:
-            print(_tta_heading(args) if tta else "without test-time augmentation:")
+            print(_tta_heading(tta_options) if tta else "without test-time augmentation:")
         if args.results_out is not None:
             out = _tta_path(args.results_out) if tta else args.results_out
             atomic_write_json(out, run.results, indent=None)
@@ -164,22 +166,16 @@ def _tta_options(args: argparse.Namespace, defaults: Dict[str, Any]) -> Any:
     """TTADetector's options from ``--tta*`` (None without ``--tta``)."""
     if not args.tta:
         return None
-    return {"min_sizes": tuple(args.tta_min_sizes or defaults["min_sizes"]),
-            "max_size": args.tta_max_size or defaults["max_size"], "flip": not args.tta_no_flip}
+    return {"min_sizes": tuple(args.tta_min_sizes if args.tta_min_sizes is not None else defaults["min_sizes"]),
+            "max_size": args.tta_max_size if args.tta_max_size is not None else defaults["max_size"],
+            "flip": not args.tta_no_flip}
 
 
-def _tta_heading(args: argparse.Namespace) -> str:
-    sizes = args.tta_min_sizes or TTA_MIN_SIZES
-    return (f"with test-time augmentation (min sizes {', '.join(map(str, sizes))}; max size "
-            f"{args.tta_max_size or TTA_MAX_SIZE}; {'no flip' if args.tta_no_flip else 'horizontal flip'}; "
+def _tta_heading(options: Dict[str, Any]) -> str:
+    """The title of the TTA table, from the options it ran with (NMS at TTADetector's default 0.5)."""
+    return (f"with test-time augmentation (min sizes {', '.join(map(str, options['min_sizes']))}; max size "
+            f"{options['max_size']}; {'horizontal flip' if options['flip'] else 'no flip'}; "
             "merged per class by NMS 0.5):")
-
-
-def _results_mode(args: argparse.Namespace) -> None:
-    """Score ``--results`` against ``--gt``; print, write ``--out`` and ``--plots``."""
-    iou_types = args.iou_types or ["bbox"]
-    result = score_results(args.gt, list(args.results), iou_types=iou_types, backend=args.backend)
-    _write_outputs(args, result.metrics, result.precision, result.category_names, iou_types)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tta and args.optimize:
         parser.error("--tta runs the torch detector (TTA resizes through its own transform); it cannot be combined "
                      "with --optimize: evaluate the two separately")
-    for flag, sizes in (("--tta-min-sizes", args.tta_min_sizes or []), ("--tta-max-size", [args.tta_max_size or 1])):
+    for flag, value in (("--tta-min-sizes", args.tta_min_sizes), ("--tta-max-size", args.tta_max_size)):
+        sizes = [] if value is None else value if isinstance(value, list) else [value]
         if any(size < 1 for size in sizes):
-            parser.error(f"{flag} takes positive pixel sizes, got {sizes}")
+            parser.error(f"{flag} takes positive pixel sizes, got {value}")
     if args.checkpoint is not None and args.data_root is None and (args.ann is None or args.images is None):
         parser.error("--checkpoint needs --data-root, or both --ann and --images")
     if args.map_categories is not None and args.checkpoint is None:
