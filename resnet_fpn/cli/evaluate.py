@@ -178,6 +178,13 @@ def _tta_heading(options: Dict[str, Any]) -> str:
             "merged per class by NMS 0.5):")
 
 
+def _results_mode(args: argparse.Namespace) -> None:
+    """Score ``--results`` against ``--gt``; print, write ``--out`` and ``--plots``."""
+    iou_types = args.iou_types or ["bbox"]
+    result = score_results(args.gt, list(args.results), iou_types=iou_types, backend=args.backend)
+    _write_outputs(args, result.metrics, result.precision, result.category_names, iou_types)
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the combination of flags, then run the mode they select; 0 on success."""
     parser = args.parser
