@@ -144,3 +144,116 @@ def test_results_files_and_their_checks(tmp_path):
         check_results([dict(ok, category_id=1)], gt, iou_types=("bbox",))
     with pytest.raises(ValueError, match=r"results file .*gt\.json holds a JSON dict \(it looks like a ground-truth file\)"):
         load_results([_write(tmp_path, _minimal(), "gt.json")])
+
+
+# --------------------------------------------------------------------------------------------
+# encode_masks: byte for byte pycocotools' mask.encode, with mask.area and mask.toBbox
+# --------------------------------------------------------------------------------------------
+def _edge_masks():
+    """Masks that stress the run boundaries: empty, full, borders, one pixel, crops of the full height."""
+    import torch
+
+    h, w = 7, 9
+    cases = {name: torch.zeros(h, w, dtype=torch.bool) for name in (
+        "empty", "full", "top_left_pixel", "bottom_right_pixel", "bottom_left_pixel", "top_right_pixel",
+        "first_column", "last_column", "first_row", "last_row", "full_height_band", "full_height_holes",
+        "wraps_bottom_to_top", "checkerboard", "frame")}
+    cases["full"][:] = True
+    cases["top_left_pixel"][0, 0] = True
+    cases["bottom_right_pixel"][-1, -1] = True
+    cases["bottom_left_pixel"][-1, 0] = True
+    cases["top_right_pixel"][0, -1] = True
+    cases["first_column"][:, 0] = True
+    cases["last_column"][:, -1] = True
+    cases["first_row"][0] = True
+    cases["last_row"][-1] = True
+    cases["full_height_band"][:, 2:6] = True  # one run over several columns
+    cases["full_height_holes"][:, 2:6] = True
+    cases["full_height_holes"][3, 3] = False
+    cases["wraps_bottom_to_top"][5:, 1] = True  # the bottom of column 1 and the top of column 2: one run
+    cases["wraps_bottom_to_top"][:2, 2] = True
+    cases["checkerboard"] = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0
+    cases["frame"][:] = True
+    cases["frame"][1:-1, 1:-1] = False
+    return cases
+
+
+def _pycocotools_encode(masks):
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    array = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))
+    return mask_util.encode(array)
+
+
+def _assert_as_pycocotools(masks):
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    from resnet_fpn.coco_format import encode_masks, encode_masks_with_boxes
+
+    expected = _pycocotools_encode(masks)
+    rles, areas, boxes = encode_masks_with_boxes(masks)
+    assert [r["size"] for r in rles] == [r["size"] for r in expected]
+    assert [r["counts"].encode("ascii") for r in rles] == [r["counts"] for r in expected]  # byte for byte
+    assert encode_masks(masks) == rles
+    if len(expected):
+        assert areas.dtype == np.int64 and areas.tolist() == mask_util.area(expected).tolist()
+        np.testing.assert_array_equal(boxes, mask_util.toBbox(expected).reshape(-1, 4))
+    assert boxes.shape == (len(expected), 4)
+
+
+@pytest.mark.parametrize("name", sorted(_edge_masks()))
+def test_encode_masks_edge_cases_are_pycocotools_bytes(name):
+    import torch
+
+    mask = _edge_masks()[name]
+    _assert_as_pycocotools(mask[None])
+    # the same mask among others (each mask's runs must stay its own) and at 1 x W, H x 1
+    stack = torch.stack(list(_edge_masks().values()))
+    _assert_as_pycocotools(torch.cat([stack, mask[None], stack.flip(0)]))
+    _assert_as_pycocotools(mask[:1, :][None])
+    _assert_as_pycocotools(mask[:, :1][None])
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 13), (13, 1), (2, 3), (37, 41), (64, 48), (5, 200)])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 0.98, 1.0])
+def test_encode_masks_random_masks_are_pycocotools_bytes(height, width, density):
+    import torch
+
+    generator = torch.Generator().manual_seed(height * 1000 + width + int(density * 100))
+    _assert_as_pycocotools(torch.rand(12, height, width, generator=generator) < density)
+
+
+def test_encode_masks_blobs_at_image_size_are_pycocotools_bytes():
+    """Masks as the evaluator sees them: 28x28 probabilities pasted into boxes at image size, thresholded."""
+    import torch
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(48, 64), (61, 43)]:
+        xy = torch.rand(30, 2, generator=generator) * torch.tensor([width, height]) * 0.8
+        wh = 1 + torch.rand(30, 2, generator=generator) * torch.tensor([width, height])
+        boxes = torch.cat([xy, xy + wh], 1)  # some past the image's border: clipped when pasted
+        boxes[0] = torch.tensor([0, 0, width, height])  # one crop of the full height and width
+        probs = torch.rand(30, 1, 28, 28, generator=generator)
+        _assert_as_pycocotools(paste_masks_in_image(probs, boxes, (height, width))[:, 0] > 0.5)
+
+
+def test_encode_masks_inputs_other_than_contiguous_bool():
+    import numpy as np
+    import torch
+
+    from resnet_fpn.coco_format import encode_masks, encode_masks_with_boxes
+
+    masks = torch.rand(5, 17, 23, generator=torch.Generator().manual_seed(1)) > 0.6
+    expected = encode_masks(masks)
+    assert encode_masks(masks.to(torch.uint8)) == expected
+    assert encode_masks(masks.numpy()) == expected
+    assert encode_masks(masks.transpose(1, 2).contiguous().transpose(1, 2)) == expected  # not contiguous
+    assert encode_masks(masks.to(torch.uint8) * 255) == expected  # any nonzero byte is foreground
+    rles, areas, boxes = encode_masks_with_boxes(torch.zeros(0, 4, 6, dtype=torch.bool))
+    assert rles == [] and areas.shape == (0,) and boxes.shape == (0, 4)
+    assert json.loads(json.dumps(expected)) == expected  # counts are str: JSON-ready
+    assert all(isinstance(r["counts"], str) and r["size"] == [17, 23] for r in expected)
+    assert np.array_equal(encode_masks_with_boxes(masks)[1], masks.sum((1, 2)).numpy())

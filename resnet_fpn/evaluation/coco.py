@@ -43,7 +43,7 @@ from ..coco_format import (
     CocoAnnotations,
     ResultSources,
     check_results,
-    encode_masks,
+    encode_masks_with_boxes,
     join_some,
     list_some,
     load_results,
@@ -245,13 +245,19 @@ class _Backend:
                 from pycocotools import mask as mask_util
 
                 rles = [dict(rle) for rle in detections.rles or []]
-                # pycocotools' mask.area fails on a list of 256 RLEs or more (it sizes a count as uint8):
-                # chunks of 255.
-                chunks = [rles[i : i + 255] for i in range(0, len(rles), 255)]
-                areas = np.concatenate([mask_util.area(c) for c in chunks]).tolist()
                 # No 'bbox' from the detections for segm: the box of the mask, as loadRes computes it when
                 # absent (a detection's own box would change its area range; detectron2 drops it too).
-                bboxes = np.concatenate([mask_util.toBbox(c) for c in chunks]).reshape(-1, 4).tolist()
+                if detections.mask_areas is not None and detections.mask_boxes is not None:
+                    # Known since the masks were encoded (encode_masks_with_boxes): what mask.area and
+                    # mask.toBbox give, without decoding every RLE again.
+                    areas = detections.mask_areas.tolist()
+                    bboxes = detections.mask_boxes.tolist()
+                else:
+                    # pycocotools' mask.area fails on a list of 256 RLEs or more (it sizes a count as uint8):
+                    # chunks of 255.
+                    chunks = [rles[i : i + 255] for i in range(0, len(rles), 255)]
+                    areas = np.concatenate([mask_util.area(c) for c in chunks]).tolist()
+                    bboxes = np.concatenate([mask_util.toBbox(c) for c in chunks]).reshape(-1, 4).tolist()
                 anns = [
                     {"image_id": i, "category_id": c, "segmentation": r, "score": s, "area": a, "bbox": b, "id": k,
                      "iscrowd": 0}
@@ -373,6 +379,9 @@ class _Detections:
         image_ids, category_ids: (N,) int64. scores: (N,) float64.
         boxes: (N, 4) float64 ``[x, y, w, h]``, or None without bbox.
         rles: N compressed RLE dicts, or None without segm.
+        mask_areas, mask_boxes: (N,) int64 and (N, 4) float64 ``[x, y, w, h]``: each RLE's ``mask.area`` and
+            ``mask.toBbox``, when known from encoding the masks (:meth:`COCOEvaluator.update`); None for
+            results read from entries, whose RLEs are decoded for them when scored.
     """
 
     image_ids: np.ndarray
@@ -380,6 +389,8 @@ class _Detections:
     scores: np.ndarray
     boxes: Optional[np.ndarray] = None
     rles: Optional[List[Dict[str, Any]]] = None
+    mask_areas: Optional[np.ndarray] = None
+    mask_boxes: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -389,12 +400,17 @@ class _Detections:
         def cat(arrays: List[np.ndarray], shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
             return np.concatenate(arrays) if arrays else np.zeros(shape, dtype=dtype)
 
+        segm = "segm" in iou_types
+        # The masks' areas and boxes only when every part has them (all do when they come from update()).
+        mask_stats = segm and all(p.mask_areas is not None and p.mask_boxes is not None for p in parts)
         return cls(
             image_ids=cat([p.image_ids for p in parts], (0,), np.int64),
             category_ids=cat([p.category_ids for p in parts], (0,), np.int64),
             scores=cat([p.scores for p in parts], (0,), np.float64),
             boxes=cat([p.boxes for p in parts], (0, 4), np.float64) if "bbox" in iou_types else None,
-            rles=[r for p in parts for r in p.rles] if "segm" in iou_types else None,  # type: ignore[union-attr]
+            rles=[r for p in parts for r in p.rles] if segm else None,  # type: ignore[union-attr]
+            mask_areas=cat([p.mask_areas for p in parts], (0,), np.int64) if mask_stats else None,  # type: ignore
+            mask_boxes=cat([p.mask_boxes for p in parts], (0, 4), np.float64) if mask_stats else None,  # type: ignore
         )
 
     @classmethod
@@ -781,7 +797,10 @@ class COCOEvaluator:
             xyxy = boxes.numpy()
             out.boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)  # as xyxy_to_xywh
         if "segm" in self.iou_types:
-            out.rles = self._encode_masks(pred["masks"], n, image_id) if n else []
+            if n:
+                out.rles, out.mask_areas, out.mask_boxes = self._encode_masks(pred["masks"], n, image_id)
+            else:
+                out.rles, out.mask_areas, out.mask_boxes = [], np.zeros(0, np.int64), np.zeros((0, 4), np.float64)
         return out
 
     def _category_ids(self, labels: np.ndarray, image_id: int) -> np.ndarray:
@@ -805,7 +824,10 @@ class COCOEvaluator:
             )
         return mapped
 
-    def _encode_masks(self, masks: Any, n: int, image_id: int) -> List[Dict[str, Any]]:
+    def _encode_masks(
+        self, masks: Any, n: int, image_id: int
+    ) -> Tuple[List[Dict[str, Any]], np.ndarray, np.ndarray]:
+        """Threshold and encode one image's masks: ``(rles, areas, boxes)`` of ``encode_masks_with_boxes``."""
         masks = torch.as_tensor(masks).detach()
         if masks.ndim == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]
@@ -821,7 +843,7 @@ class COCOEvaluator:
             )
         # Threshold where the masks live (GPU) so only one byte per pixel crosses to the CPU.
         binary = masks if masks.dtype == torch.bool else masks > self.mask_threshold
-        return encode_masks(binary)
+        return encode_masks_with_boxes(binary)
 
     def compute(self) -> Dict[str, Any]:
         """Gather the results of every process, score them on rank 0 and share the metrics.
