@@ -8,8 +8,8 @@ contender in a fresh process: build time and RSS increase of the index (ours: ``
 verify_files=False)``; pycocotools' ``COCO(file)`` alone; torchvision's detection reference:
 ``torchvision.datasets.CocoDetection`` + ``ConvertCocoPolysToMask`` of references/detection/coco_utils.py),
 then ``--calls`` random ``__getitem__`` calls (image read + masks decoded) spread over ``--workers`` loader
-workers: each worker's RSS and USS (private memory: what copy-on-write has copied) before its first item and
-after its last, the main process's RSS, and the first-batch latency of a data loader with aspect-ratio grouping
+workers: each worker's RSS and USS (private memory: what copy-on-write has copied) before its first item, after
+it and after its last (the growth in all, and the growth after the first item, a one-off per worker), the main process's RSS, and the first-batch latency of a data loader with aspect-ratio grouping
 (aspect ratios, groups, worker start, first batch of 2).
 
 Evaluator, per size and iou type (a ground truth of that many images, 100 random detections per image with
@@ -111,10 +111,11 @@ class ReferenceCocoDetection:
 
 
 class _Probe:
-    """Wraps a data set: each item is computed in the worker and dropped; the worker's memory comes back."""
+    """Wraps a data set: each item is computed in the worker and dropped; the worker's memory comes back, as it
+    was before the worker's first item, right after that item, and now."""
 
     def __init__(self, dataset: Any) -> None:
-        self.dataset, self.before = dataset, None
+        self.dataset, self.before, self.after_first = dataset, None, None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -123,7 +124,10 @@ class _Probe:
         if self.before is None:
             self.before = proc_memory()
         self.dataset[index]
-        return os.getpid(), self.before, proc_memory()
+        now = proc_memory()
+        if self.after_first is None:
+            self.after_first = now
+        return os.getpid(), self.before, self.after_first, now
 
 
 def _first(batch: Sequence[Any]) -> Any:
@@ -164,11 +168,13 @@ def child_data(impl: str, ann: str, images: str, workers: int, calls: int) -> Di
     loader = DataLoader(_Probe(dataset), batch_size=None, sampler=indices, num_workers=workers,
                         multiprocessing_context="fork")
     last: Dict[int, Any] = {}
-    for pid, first_mem, now in loader:
-        last[pid] = (first_mem, now)
+    for pid, before_mem, first_mem, now in loader:
+        last[pid] = (before_mem, first_mem, now)
     out["workers"] = [{"rss_before": b["rss"], "rss_after": a["rss"], "uss_before": b["uss"], "uss_after": a["uss"],
-                       "uss_growth": a["uss"] - b["uss"], "rss_growth": a["rss"] - b["rss"]}
-                      for b, a in last.values()]
+                       "uss_growth": a["uss"] - b["uss"], "rss_growth": a["rss"] - b["rss"],
+                       "rss_first_item": f["rss"] - b["rss"], "uss_first_item": f["uss"] - b["uss"],
+                       "rss_growth_after_first": a["rss"] - f["rss"], "uss_growth_after_first": a["uss"] - f["uss"]}
+                      for b, f, a in last.values()]
     out["main_rss_after_epoch_mb"] = proc_memory()["rss"] - before
     start = time.perf_counter()
     ratios = dataset.aspect_ratios()
@@ -352,19 +358,30 @@ def format_section(result: Dict[str, Any], *, command: str, plot: Optional[str])
              "shared, so timings are noisy (compare within a row group)", ""]
     lines += ["### Data path (index build; 4 loader workers after random `__getitem__` calls; grouped first batch)", "",
               "| images | JSON MB | contender | build s | RSS after build MB | peak during build MB | main RSS after epoch MB "
-              "| worker USS growth MB (max) | worker RSS growth MB (max) | first batch s |",
-              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| worker USS growth MB (max) | worker RSS growth MB (max) | worker RSS at first item MB (max) "
+              "| worker RSS growth after first item MB (max) | first batch s |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def worst(workers: List[Dict[str, float]], key: str) -> str:
+        values = [w[key] for w in workers if key in w]
+        return f"{max(values):.1f}" if values else "-"
+
     for r in result["data"]:
         workers = r.get("workers", [])
-        uss = f"{max(w['uss_growth'] for w in workers):.1f}" if workers else "-"
-        rss = f"{max(w['rss_growth'] for w in workers):.1f}" if workers else "-"
         main = f"{r['main_rss_after_epoch_mb']:.0f}" if "main_rss_after_epoch_mb" in r else "-"
         first = f"{r['first_batch_s']:.2f}" if "first_batch_s" in r else "-"
         lines.append(f"| {r['images']} | {r['file_mb']:.0f} | {r['impl']} | {r['build_s']:.1f} | {r['build_rss_mb']:.0f} "
-                     f"| {r['build_peak_mb']:.0f} | {main} | {uss} | {rss} | {first} |")
-    lines += ["", "### Evaluator (update one image at a time + compute; 100 detections per image)", "",
-              "| images | iou | contender | seconds | peak RSS increase MB | max stats difference vs ours:pycocotools |",
-              "|---:|---|---|---:|---:|---:|"]
+                     f"| {r['build_peak_mb']:.0f} | {main} | {worst(workers, 'uss_growth')} "
+                     f"| {worst(workers, 'rss_growth')} | {worst(workers, 'rss_first_item')} "
+                     f"| {worst(workers, 'rss_growth_after_first')} | {first} |")
+    lines += ["", "Worker columns: growth = after the worker's last item minus before its first (what the worker added "
+              "in all); 'at first item' = after its first item minus before it (a one-off per worker: code pages of "
+              "the shared libraries touched for the first time, first allocations); 'growth after first item' = after "
+              "its last item minus after its first (what the remaining items added)."]
+    if result["eval"]:
+        lines += ["", "### Evaluator (update one image at a time + compute; 100 detections per image)", "",
+                  "| images | iou | contender | seconds | peak RSS increase MB | max stats difference vs ours:pycocotools |",
+                  "|---:|---|---|---:|---:|---:|"]
     for r in result["eval"]:
         ref = next((x for x in result["eval"] if x["images"] == r["images"] and x["iou_type"] == r["iou_type"]
                     and x["impl"] == "ours:pycocotools"), None)
@@ -383,10 +400,16 @@ def plot_costs(result: Dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for impl in ("ours", "pycocotools", "torchvision_ref"):
-        rows = [r for r in result["data"] if r["impl"] == impl]
-        axes[0].plot([r["images"] for r in rows], [r["build_s"] for r in rows], "o-", label=f"{impl} build s")
-        axes[1].plot([r["images"] for r in rows], [r["build_rss_mb"] for r in rows], "o-", label=f"{impl} RSS MB")
-    for ax, title in zip(axes, ("index build time (s)", "RSS after build (MB)")):
+        rows = sorted((r for r in result["data"] if r["impl"] == impl), key=lambda r: r["images"])
+        if not rows:
+            continue
+        for ax, key, unit in ((axes[0], "build_s", "s"), (axes[1], "build_rss_mb", "MB")):
+            xs, ys = [r["images"] for r in rows], [r[key] for r in rows]
+            line, = ax.plot(xs, ys, "o-", label=f"{impl}")
+            # proportional to the number of images, through the largest point: where linear growth would lie
+            ax.plot([0, xs[-1]], [0, ys[-1]], ":", color=line.get_color(), linewidth=1)
+    for ax, title in zip(axes, ("index build time (s); dotted: proportional",
+                                "RSS after build (MB); dotted: proportional")):
         ax.set_xlabel("images")
         ax.set_title(title)
         ax.legend()
@@ -418,7 +441,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 118_287],
                    help="data-path sizes (none: the evaluator only)")
-    p.add_argument("--eval-images", type=int, nargs="+", default=[1_000, 5_000])
+    p.add_argument("--eval-images", type=int, nargs="*", default=[1_000, 5_000],
+                   help="evaluator sizes (none: the data path only)")
     p.add_argument("--eval-types", nargs="+", choices=("bbox", "segm"), default=["bbox", "segm"])
     p.add_argument("--segm-images", type=int, nargs="*", default=[1_000],
                    help="the --eval-images sizes at which segm is measured too (pycocotools' segm is minutes at 5k)")
@@ -426,15 +450,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--calls", type=int, default=2_000)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/resnet_fpn_scale"))
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="where the cost-against-size plot goes (default: scale_cost.png beside --out)")
     args = p.parse_args(argv)
     command = " ".join(["python -m benchmarks.scale", *(shlex.quote(a) for a in argv)])
     result = run(args.sizes, args.eval_images, args.eval_types, args.workers, args.calls, args.work_dir,
                  lambda line: print(line, file=sys.stderr, flush=True), segm_sizes=args.segm_images)
     (args.work_dir / "scale.json").write_text(json.dumps(result, indent=1))
-    plot: Optional[Path] = args.out.parent / "scale_cost.png" if result["data"] else None
+    plot: Optional[Path] = (args.plot or args.out.parent / "scale_cost.png") if result["data"] else None
     if plot is not None:
         plot_costs(result, plot)
-    section = format_section(result, command=command, plot=plot.name if plot is not None else None)
+    plot_ref = None
+    if plot is not None:
+        plot_ref = os.path.relpath(plot.resolve(), args.out.resolve().parent)
+    section = format_section(result, command=command, plot=plot_ref)
     print(section)
     write_section(args.out, section)
     return 0
