@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -24,7 +25,7 @@ from pycocotools.coco import COCO
 
 from ..coco_format import MIN_POLYGON_COORDS, CocoAnnotations
 from .images import read_image
-from .index import TrainingIndex, build_training_index
+from .index import TrainingIndex, build_training_index, fix_mmap_threshold, trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,44 @@ class _Records(Sequence):
 
     def __iter__(self) -> Iterator[_ImageRecord]:
         return (self[i] for i in range(len(self)))
+
+
+#: In a data loader worker, the share of its time that handing freed heap pages back may take (see _worker_heap).
+WORKER_TRIM_SHARE = 0.05
+# The process _worker_heap last looked at (a forked worker inherits the parent's values), whether it is a
+# loader worker, and when (time.perf_counter) its heap is trimmed next.
+_heap_pid: Optional[int] = None
+_heap_in_worker = False
+_heap_next_trim = 0.0
+
+
+def _worker_heap() -> None:
+    """Called before each item: in a data loader worker, keep what the items freed out of the worker's memory.
+
+    A worker's heap is its parent's, forked: scattered with the free chunks left by reading the JSON. An
+    item's small allocations land in those chunks, and its large ones (image, masks, float copies) too once
+    glibc's dynamic mmap threshold has risen past their size; freed, all of it stays resident in the worker
+    (glibc returns only the top of the heap by itself). Measured in one worker over 500 items of a 10k-image
+    file: the heap grew by 8 MB at the first item and 23 MB in all. So, in a loader worker
+    (``torch.utils.data.get_worker_info()``), large buffers are mapped on their own from the first item on
+    (:func:`resnet_fpn.data.index.fix_mmap_threshold`) and the previous items' freed heap pages are handed back
+    before an item (:func:`resnet_fpn.data.index.trim_heap`, ``malloc_trim``). A trim walks every free chunk
+    of the heap, so its cost grows with the parent's fragmentation: it runs at most as often as keeps its
+    time within :data:`WORKER_TRIM_SHARE` of the worker's (before every item where it is cheap). The main
+    process (``num_workers=0``) is left as it is.
+    """
+    global _heap_pid, _heap_in_worker, _heap_next_trim
+    pid = os.getpid()
+    if _heap_pid != pid:
+        _heap_pid, _heap_next_trim = pid, 0.0
+        _heap_in_worker = torch.utils.data.get_worker_info() is not None
+        if _heap_in_worker:
+            fix_mmap_threshold()
+    if _heap_in_worker:
+        now = time.perf_counter()
+        if now >= _heap_next_trim:
+            trim_heap()
+            _heap_next_trim = now + (time.perf_counter() - now) / WORKER_TRIM_SHARE
 
 
 def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
@@ -391,6 +430,7 @@ class CocoDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        _worker_heap()
         if self.bad_images == "skip":
             index, image = self._first_readable(index)
         else:

@@ -43,7 +43,8 @@ from ..coco_format import (
     segmentation_problem,
 )
 
-__all__ = ["SEG_NONE", "SEG_POLYGONS", "SEG_JSON", "TrainingIndex", "build_training_index", "release_free_memory"]
+__all__ = ["SEG_NONE", "SEG_POLYGONS", "SEG_JSON", "TrainingIndex", "build_training_index", "fix_mmap_threshold",
+           "release_free_memory", "trim_heap"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -136,7 +137,7 @@ def release_free_memory() -> None:
     its heap unless asked, so the process (and every worker forked from it) would carry them.
     """
     gc.collect()
-    _trim_heap()
+    trim_heap()
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,7 +160,43 @@ def _malloc_trim() -> Optional[Callable[[int], int]]:
         return None
 
 
-def _trim_heap() -> None:
+#: glibc's ``mallopt`` parameter number of the mmap threshold (``M_MMAP_THRESHOLD`` in malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: The threshold a loader worker keeps: glibc's initial value, 128 KiB.
+WORKER_MMAP_THRESHOLD = 128 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _mallopt() -> Optional[Callable[[int, int], int]]:
+    """glibc's ``mallopt``, looked up once among the loaded symbols; None elsewhere (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def fix_mmap_threshold(threshold: int = WORKER_MMAP_THRESHOLD) -> bool:
+    """Make glibc map every allocation above ``threshold`` bytes on its own and unmap it when freed.
+
+    glibc's mmap threshold is dynamic: it starts at 128 KiB, and each time a block that was mapped on its own
+    is freed, the threshold rises to that block's size (up to 32 MiB). After a data loader worker's first
+    items, the buffers of an item (the decoded image, its float32 copy, the masks: a few MB each) are then
+    carved out of the heap, which gives freed memory back to the system only from its top: the worker keeps
+    its high-water mark of freed buffers, a few dozen MB that grow with the largest images seen. Setting the
+    threshold (``mallopt(M_MMAP_THRESHOLD)``) turns the adjustment off (mallopt(3)); small objects stay on
+    the heap as before.
+
+    Args:
+        threshold: bytes; glibc's initial value by default.
+
+    Returns:
+        Whether it was set (False without glibc).
+    """
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
+
+
+def trim_heap() -> None:
     """Hand the heap's free pages back to the system (no garbage collection: see :func:`build_training_index`)."""
     trim = _malloc_trim()
     if trim is not None:
@@ -199,7 +236,7 @@ def build_training_index(path: PathLike, *, keep_segmentations: bool) -> Trainin
     finally:
         if collecting:
             gc.enable()
-        _trim_heap()
+        trim_heap()
 
 
 def index_from_dict(data: Mapping[str, Any], *, source: str, keep_segmentations: bool) -> TrainingIndex:
