@@ -112,12 +112,12 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
 
     ``pycocotools.mask.encode`` walks every pixel of every full-image mask in one C loop (and needs a Fortran
     copy of the stack first): for 100 detections at 640x480 that is 30 MB per image, most of an evaluation's
-    time. Here only the pixels inside each mask's extent are read after two vectorised passes (the rows and
-    the columns that hold any foreground), and the column-major run boundaries are found in bulk from a
-    transposed copy of those crops; pycocotools then only compresses the counts (``frPyObjects`` of an
-    uncompressed RLE). The result is identical to ``mask.encode`` (``tests/test_coco_format.py`` compares
-    them byte for byte, empty, full, border and one-pixel masks included), and the areas and boxes are what
-    ``mask.area`` / ``mask.toBbox`` would decode from those RLEs, without decoding them.
+    time. Here one vectorised pass finds the rows that hold foreground, the columns are read in that band of
+    rows only, and the column-major run boundaries are found in bulk from a transposed copy of each mask's
+    crop; pycocotools then only compresses the counts (``frPyObjects`` of an uncompressed RLE). The result is
+    identical to ``mask.encode`` (``tests/test_coco_format.py`` compares them byte for byte, empty, full,
+    border and one-pixel masks included), and the areas and boxes are what ``mask.area`` / ``mask.toBbox``
+    would decode from those RLEs, without decoding them.
 
     Args:
         masks: (N, H, W) bool (or 0/1 integer) tensor or array, on any device.
@@ -125,8 +125,13 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
     Returns:
         ``(rles, areas, boxes)``: N RLE dicts (``size`` [H, W], ``counts`` str), (N,) int64 foreground pixel
         counts, (N, 4) float64 ``[x, y, width, height]`` of the foreground (zeros for an empty mask).
+
+    Raises:
+        ValueError: ``masks`` is not 3-dimensional.
     """
     tensor = torch.as_tensor(masks).detach().to("cpu")
+    if tensor.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {tuple(tensor.shape)}")
     if tensor.dtype != torch.bool:
         tensor = tensor.to(torch.uint8) != 0  # what mask.encode read: any nonzero byte after the uint8 cast
     n, height, width = tensor.shape
@@ -164,9 +169,10 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
         crop.reshape(x1[i] - x0[i], column[i])[:, 1:-1] = pixels[i, y0[i] : y1[i], x0[i] : x1[i]].T
         areas[i] = np.count_nonzero(crop)
     change = np.flatnonzero(buffer[1:] != buffer[:-1])
-    # The boundary after buffer index k is the crop's pixel k + 1 - 1 (the pad) of its column: in the image's
-    # linear (column-major) index x * H + y, k - start + col * (H - column) + x0 * H + y0 with
-    # col = (k - start) // column (the end of a run that reaches the bottom is y = H).
+    # A change between buffer[k] and buffer[k + 1] is a run boundary before the crop pixel held in k + 1: of
+    # crop column col = (k - start) // column, row k - start - col * column (the pad above shifts by one).
+    # In the image's linear (column-major) index x * H + y, that is k + col * (H - column) + x0 * H + y0 -
+    # start; the end of a run that reaches the bottom of a column is y = H.
     owner = np.searchsorted(ends, change, side="right")  # the mask of each boundary
     col = (change - starts[owner]) // column[owner]
     bounds = change + col * (height - column)[owner] + (x0 * height + y0 - starts)[owner]
@@ -184,7 +190,8 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
     # then the 0s after the last boundary unless it is the image's end (mask.encode writes no empty run).
     runs = np.empty_like(bounds)
     runs[1:] = bounds[1:] - bounds[:-1]
-    runs[first[:-1][first[:-1] < bounds.size]] = bounds[first[:-1][first[:-1] < bounds.size]]
+    mask_firsts = first[:-1][first[:-1] < bounds.size]  # (an empty mask's first is the next one's)
+    runs[mask_firsts] = bounds[mask_firsts]
     last = np.zeros(n, dtype=np.int64)
     has = first[1:] > first[:-1]
     last[has] = bounds[first[1:][has] - 1]

@@ -257,3 +257,5 @@ def test_encode_masks_inputs_other_than_contiguous_bool():
     assert json.loads(json.dumps(expected)) == expected  # counts are str: JSON-ready
     assert all(isinstance(r["counts"], str) and r["size"] == [17, 23] for r in expected)
     assert np.array_equal(encode_masks_with_boxes(masks)[1], masks.sum((1, 2)).numpy())
+    with pytest.raises(ValueError, match=r"masks must be \(N, H, W\), got shape \(17, 23\)"):
+        encode_masks(masks[0])
