@@ -363,15 +363,14 @@ class _HeapProbe:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc's allocator (mallopt, malloc_trim) and /proc")
-def test_loader_workers_hand_freed_item_memory_back(small_file, monkeypatch):
+def test_loader_workers_hand_freed_item_memory_back(small_file):
     """Issue 17: a loader worker's memory grew with the items it had seen: freed images, masks and float copies
     stayed resident in its heap (glibc's rising mmap threshold; free chunks inherited from the parent). In a
-    worker the data set now maps large buffers on their own and trims the heap before items: over 80 items the
+    worker the data set now maps large buffers on their own and trims the heap after items: over 80 items the
     worker's heap never holds as much as the float32 copy of one 640x480 image (3.5 MiB) above its size after
-    the first item (measured: 2.4 MiB at most; without, 6.3 MiB, the same 80 items)."""
+    the first item (measured: 2.4 MiB at most; without the fix, 6.3 MiB in one run of the same 80 items, though
+    not always above the bound: glibc's reuse of free chunks depends on the parent's heap)."""
     from torch.utils.data import DataLoader
-
-    import resnet_fpn.data.coco as coco_module
 
     root, _ = small_file
     ds = CocoDetection(root / "images", root / "ann.json", with_masks=True)
@@ -384,5 +383,3 @@ def test_loader_workers_hand_freed_item_memory_back(small_file, monkeypatch):
 
     one_float_image = 640 * 480 * 3 * 4 / 2**20
     assert growth() < one_float_image
-    monkeypatch.setattr(coco_module, "_worker_heap", lambda: None)  # without it, the same items: the test can fail
-    assert growth() > one_float_image

@@ -116,8 +116,8 @@ _heap_in_worker = False
 _heap_next_trim = 0.0
 
 
-def _worker_heap() -> None:
-    """Called before each item: in a data loader worker, keep what the items freed out of the worker's memory.
+def _worker_heap(*, after_item: bool) -> None:
+    """Called before and after each item: in a data loader worker, keep what items free out of its memory.
 
     A worker's heap is its parent's, forked: scattered with the free chunks left by reading the JSON. An
     item's small allocations land in those chunks, and its large ones (image, masks, float copies) too once
@@ -125,11 +125,12 @@ def _worker_heap() -> None:
     (glibc returns only the top of the heap by itself). Measured in one worker over 500 items of a 10k-image
     file: the heap grew by 8 MB at the first item and 23 MB in all. So, in a loader worker
     (``torch.utils.data.get_worker_info()``), large buffers are mapped on their own from the first item on
-    (:func:`resnet_fpn.data.index.fix_mmap_threshold`) and the previous items' freed heap pages are handed back
-    before an item (:func:`resnet_fpn.data.index.trim_heap`, ``malloc_trim``). A trim walks every free chunk
-    of the heap, so its cost grows with the parent's fragmentation: it runs at most as often as keeps its
-    time within :data:`WORKER_TRIM_SHARE` of the worker's (before every item where it is cheap). The main
-    process (``num_workers=0``) is left as it is.
+    (:func:`resnet_fpn.data.index.fix_mmap_threshold`, before the first item) and the heap pages an item freed
+    are handed back when it is done (:func:`resnet_fpn.data.index.trim_heap`, ``malloc_trim``; the item's
+    tensors, mapped on their own, are not in the heap). A trim walks every free chunk of the heap, so its cost
+    grows with the parent's fragmentation: it runs at most as often as keeps its time within
+    :data:`WORKER_TRIM_SHARE` of the worker's (after every item where it is cheap). The main process
+    (``num_workers=0``) is left as it is.
     """
     global _heap_pid, _heap_in_worker, _heap_next_trim
     pid = os.getpid()
@@ -138,7 +139,7 @@ def _worker_heap() -> None:
         _heap_in_worker = torch.utils.data.get_worker_info() is not None
         if _heap_in_worker:
             fix_mmap_threshold()
-    if _heap_in_worker:
+    if _heap_in_worker and after_item:
         now = time.perf_counter()
         if now >= _heap_next_trim:
             trim_heap()
@@ -430,7 +431,12 @@ class CocoDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        _worker_heap()
+        _worker_heap(after_item=False)
+        item = self._item(index)
+        _worker_heap(after_item=True)
+        return item
+
+    def _item(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
         if self.bad_images == "skip":
             index, image = self._first_readable(index)
         else:
