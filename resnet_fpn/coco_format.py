@@ -68,6 +68,8 @@ MIN_POLYGON_COORDS = 6
 #: The largest image side an instances file may give (2**20 px): beyond, a size is a typo, and pycocotools'
 #: masks (C integers, height * width bytes) would overflow.
 MAX_IMAGE_SIDE = 1 << 20
+# encode_masks computes run boundaries in int32 while the indices stay below this (tests lower it for int64).
+_INT32_INDEX_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -169,23 +171,31 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
         crop.reshape(x1[i] - x0[i], column[i])[:, 1:-1] = pixels[i, y0[i] : y1[i], x0[i] : x1[i]].T
         areas[i] = np.count_nonzero(crop)
     change = np.flatnonzero(buffer[1:] != buffer[:-1])
+    first = np.searchsorted(change, np.append(starts, ends[-1]))  # boundaries of mask i: first[i]:first[i + 1]
+    per_mask = np.diff(first)
+    # 32-bit arithmetic over the (many) boundaries when every index fits: half the memory traffic.
+    index = np.int32 if max(int(ends[-1]), image_area) < _INT32_INDEX_LIMIT else np.int64
+    change = change.astype(index, copy=False)
     # A change between buffer[k] and buffer[k + 1] is a run boundary before the crop pixel held in k + 1: of
     # crop column col = (k - start) // column, row k - start - col * column (the pad above shifts by one).
     # In the image's linear (column-major) index x * H + y, that is k + col * (H - column) + x0 * H + y0 -
-    # start; the end of a run that reaches the bottom of a column is y = H.
-    owner = np.searchsorted(ends, change, side="right")  # the mask of each boundary
-    col = (change - starts[owner]) // column[owner]
-    bounds = change + col * (height - column)[owner] + (x0 * height + y0 - starts)[owner]
+    # start; the end of a run that reaches the bottom of a column is y = H. Each mask's constants are repeated
+    # over its boundaries (they are in mask order).
+    col = (change - np.repeat(starts.astype(index), per_mask)) // np.repeat(column.astype(index), per_mask)
+    col *= np.repeat((height - column).astype(index), per_mask)
+    bounds = change + col
+    bounds += np.repeat((x0 * height + y0 - starts).astype(index), per_mask)
     # A run that reaches the bottom of a column and goes on at the top of the next (a crop of the full height)
     # gives one index twice, the end of a run and the start of the next: neither is a boundary.
     if ((y0 == 0) & (y1 == height) & (x1 - x0 > 1)).any():
+        owner = np.repeat(np.arange(n), per_mask)
         repeated = (bounds[1:] == bounds[:-1]) & (owner[1:] == owner[:-1])
         if repeated.any():
             keep = np.ones(bounds.size, dtype=bool)
             keep[1:] &= ~repeated
             keep[:-1] &= ~repeated
-            owner, bounds = owner[keep], bounds[keep]
-    first = np.searchsorted(owner, np.arange(n + 1))  # boundaries of mask i: first[i]:first[i + 1]
+            bounds = bounds[keep]
+            first = np.searchsorted(owner[keep], np.arange(n + 1))
     # Runs alternate 0s and 1s from index 0: the count of run j is bounds[j] - bounds[j - 1] (bounds[-1] = 0),
     # then the 0s after the last boundary unless it is the image's end (mask.encode writes no empty run).
     runs = np.empty_like(bounds)
@@ -195,7 +205,7 @@ def encode_masks_with_boxes(masks: Any) -> Tuple[List[Dict[str, Any]], np.ndarra
     last = np.zeros(n, dtype=np.int64)
     has = first[1:] > first[:-1]
     last[has] = bounds[first[1:][has] - 1]
-    tails = image_area - last
+    tails = (image_area - last).astype(index)
     counts = np.insert(runs, first[1:], tails)  # each mask's runs, then its tail (dropped where 0)
     cuts = first[1:] + np.arange(1, n + 1)
     empty_tail = tails == 0

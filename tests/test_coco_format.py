@@ -225,6 +225,18 @@ def test_encode_masks_random_masks_are_pycocotools_bytes(height, width, density)
     _assert_as_pycocotools(torch.rand(12, height, width, generator=generator) < density)
 
 
+def test_encode_masks_64_bit_arithmetic_gives_the_same_bytes(monkeypatch):
+    """Images too large for 32-bit run indices take the int64 path: pinned here with a lowered limit."""
+    import torch
+
+    from resnet_fpn import coco_format
+
+    monkeypatch.setattr(coco_format, "_INT32_INDEX_LIMIT", 0)
+    generator = torch.Generator().manual_seed(3)
+    _assert_as_pycocotools(torch.rand(12, 37, 41, generator=generator) < 0.5)
+    _assert_as_pycocotools(torch.stack(list(_edge_masks().values())))
+
+
 def test_encode_masks_blobs_at_image_size_are_pycocotools_bytes():
     """Masks as the evaluator sees them: 28x28 probabilities pasted into boxes at image size, thresholded."""
     import torch
