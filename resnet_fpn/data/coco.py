@@ -142,8 +142,12 @@ def _worker_heap(*, after_item: bool) -> None:
     if _heap_in_worker and after_item:
         now = time.perf_counter()
         if now >= _heap_next_trim:
+            # The trim's cost is its CPU time, not its wall time: on shared cores a trim that was descheduled
+            # would look expensive and postpone the next one by many items (measured: one worker of 12 grew
+            # 56 MB instead of 37-39 MB with wall time).
+            cpu = time.thread_time()
             trim_heap()
-            _heap_next_trim = now + (time.perf_counter() - now) / WORKER_TRIM_SHARE
+            _heap_next_trim = now + (time.thread_time() - cpu) / WORKER_TRIM_SHARE
 
 
 def _segmentation_to_rle(seg: Any, height: int, width: int) -> Dict[str, Any]:
