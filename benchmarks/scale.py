@@ -12,9 +12,11 @@ workers: each worker's RSS and USS (private memory: what copy-on-write has copie
 it and after its last (the growth in all, and the growth after the first item, a one-off per worker), the main process's RSS, and the first-batch latency of a data loader with aspect-ratio grouping
 (aspect ratios, groups, worker start, first batch of 2).
 
-Evaluator, per size and iou type (a ground truth of that many images, 100 random detections per image with
-coordinates on a 1/4 px grid so that float32 and float64 conversions agree; segm: masks at image size), each
-contender in a fresh process: update (one image per call) + compute, time and peak RSS increase (VmHWM):
+Evaluator, per size and iou type (a ground truth of that many images; 100 detections per image: its ground-truth
+boxes jittered by up to 10%, with their labels, then random boxes, coordinates on a 1/4 px grid so that float32
+and float64 conversions agree; segm: a smooth 28x28 blob per detection pasted into its box at image size, made
+between the timed calls), each contender in a fresh process: update (one image per call) + compute, time of
+those calls and peak RSS increase (VmHWM):
 ours (``COCOEvaluator``, both backends) and torchmetrics' ``MeanAveragePrecision`` (backends pycocotools, its
 default, and faster_coco_eval), and whether the 12 stats agree to 1e-9.
 
@@ -207,28 +209,56 @@ def eval_ground_truth(work: Path, num_images: int) -> Path:
 
 
 def _predictions(gt: Any, iou_type: str, seed: int = 0) -> List[Dict[str, Any]]:
+    """100 detections per image, without masks (`_paste_masks` adds them one image at a time, untimed).
+
+    The first ones (up to 100) are the image's ground-truth boxes jittered by up to 10% of their size, with
+    their labels, so that AP is far from 0 and "identical stats" compares real numbers; the rest are random
+    boxes of random classes. Coordinates lie on a 1/4 px grid, so float32 and float64 agree.
+    """
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    cats = np.asarray(gt.category_ids)
+    preds = []
+    for image_id in gt.image_ids:
+        h, w = gt.image_sizes[image_id]
+        anns = gt.annotations_by_image[image_id][:100]
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        jitter = rng.uniform(-0.1, 0.1, xywh.shape) * xywh[:, [2, 3, 2, 3]]
+        near = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1) + jitter
+        k = 100 - len(anns)
+        xy = rng.uniform(0, [w * 0.9, h * 0.9], (k, 2))
+        wh = rng.uniform(8, [w * 0.5, h * 0.5], (k, 2))
+        boxes = np.concatenate([near, np.concatenate([xy, xy + wh], 1)])
+        boxes = np.floor(np.clip(boxes, 0, [w, h, w, h]) * 4) / 4
+        labels = np.concatenate([np.array([a["category_id"] for a in anns], dtype=np.int64), rng.choice(cats, k)])
+        preds.append({"boxes": torch.tensor(boxes, dtype=torch.float32),
+                      "scores": torch.tensor(rng.random(100), dtype=torch.float32),
+                      "labels": torch.tensor(labels, dtype=torch.int64)})
+    return preds
+
+
+def _paste_masks(pred: Dict[str, Any], size: Any, seed: int) -> Any:
+    """(100, H, W) bool masks for `pred`: 28x28 probabilities pasted into each box at image size, thresholded.
+
+    The probabilities are what a mask head gives an object: a smooth blob (a logistic of an ellipse with a
+    random centre offset and radii) with mild noise, not per-pixel noise (which would make every mask
+    thousands of runs long and overstate the cost of encoding and of parsing the RLEs).
+    """
     import numpy as np
     import torch
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     rng = np.random.default_rng(seed)
-    cats = np.asarray(gt.category_ids)
-    masks_of_size: Dict[Any, Any] = {}
-    preds = []
-    for image_id in gt.image_ids:
-        h, w = gt.image_sizes[image_id]
-        xy = np.floor(rng.uniform(0, [w * 0.9, h * 0.9], (100, 2)) * 4) / 4
-        wh = np.floor(rng.uniform(8, [w * 0.5, h * 0.5], (100, 2)) * 4) / 4
-        boxes = torch.tensor(np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1), dtype=torch.float32)
-        pred = {"boxes": boxes, "scores": torch.tensor(rng.random(100), dtype=torch.float32),
-                "labels": torch.tensor(rng.choice(cats, 100), dtype=torch.int64)}
-        if iou_type == "segm":
-            if (h, w) not in masks_of_size:  # 28x28 probabilities pasted at image size, one set per size
-                probs = torch.tensor(rng.random((100, 1, 28, 28)), dtype=torch.float32)
-                masks_of_size[(h, w)] = paste_masks_in_image(probs, boxes, (h, w))[:, 0] > 0.5
-            pred["masks"] = masks_of_size[(h, w)]
-        preds.append(pred)
-    return preds
+    grid = np.linspace(-1.0, 1.0, 28)
+    centre = rng.uniform(-0.15, 0.15, (100, 2, 1, 1))
+    radii = rng.uniform(0.6, 0.95, (100, 2, 1, 1))
+    u = (grid[None, None, :] - centre[:, 0]) / radii[:, 0]
+    v = (grid[None, :, None] - centre[:, 1]) / radii[:, 1]
+    logits = 6.0 * (1.0 - u ** 2 - v ** 2) + rng.normal(0.0, 0.5, (100, 28, 28))
+    probs = torch.tensor(1.0 / (1.0 + np.exp(-logits)), dtype=torch.float32)[:, None]
+    return paste_masks_in_image(probs, pred["boxes"], tuple(size))[:, 0] > 0.5
 
 
 def _torchmetrics_targets(gt: Any, iou_type: str) -> List[Dict[str, Any]]:
@@ -275,28 +305,39 @@ def child_eval(impl: str, gt_path: str, iou_type: str) -> Dict[str, Any]:
     gc.collect()
     before = proc_memory()["rss"]
     _reset_peak()
-    start = time.perf_counter()
+    timed = 0.0  # the update and compute calls only: the masks are made between them, untimed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if library == "ours":
             evaluator = COCOEvaluator(gt_path, iou_types=(iou_type,), backend=backend)
-            for image_id, pred in zip(gt.image_ids, preds):
+            for i, (image_id, pred) in enumerate(zip(gt.image_ids, preds)):
+                if iou_type == "segm":
+                    pred = {**pred, "masks": _paste_masks(pred, gt.image_sizes[image_id], i)}
+                tick = time.perf_counter()
                 evaluator.update([pred], [image_id])
+                timed += time.perf_counter() - tick
+            tick = time.perf_counter()
             metrics = evaluator.compute()
+            timed += time.perf_counter() - tick
             stats = [metrics[iou_type][name] for name in STAT_NAMES]
         else:
             from torchmetrics.detection import MeanAveragePrecision
 
             metric = MeanAveragePrecision(iou_type=iou_type, backend=backend)
-            for pred, target in zip(preds, targets):  # type: ignore[arg-type]
+            for i, (image_id, pred, target) in enumerate(zip(gt.image_ids, preds, targets)):  # type: ignore[arg-type]
                 if iou_type == "segm":
-                    pred = {k: v for k, v in pred.items() if k != "boxes"}
+                    masks = _paste_masks(pred, gt.image_sizes[image_id], i)
+                    pred = {**{k: v for k, v in pred.items() if k != "boxes"}, "masks": masks}
+                tick = time.perf_counter()
                 metric.update([pred], [target])
+                timed += time.perf_counter() - tick
+            tick = time.perf_counter()
             result = metric.compute()
+            timed += time.perf_counter() - tick
             keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
                     "mar_small", "mar_medium", "mar_large")
             stats = [float(result[k]) for k in keys]
-    return {"seconds": time.perf_counter() - start, "peak_mb": _peak_mb() - before, "stats": stats}
+    return {"seconds": timed, "peak_mb": _peak_mb() - before, "stats": stats}
 
 
 # ------------------------------------------------------------------ the parent
