@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from resnet_fpn.coco_format import CocoAnnotations
 from resnet_fpn.data import CocoDetection
@@ -383,3 +384,22 @@ def test_loader_workers_hand_freed_item_memory_back(small_file):
 
     one_float_image = 640 * 480 * 3 * 4 / 2**20
     assert growth() < one_float_image
+
+
+def test_scale_benchmark_evaluator_inputs_score_above_zero_and_backends_agree(tmp_path):
+    """The evaluator rows compare real numbers: the benchmark's detections (jittered ground truth first, smooth
+    pasted masks) give AP well above 0, and our two backends give the same 12 stats on them (to 1e-9)."""
+    scale = pytest.importorskip("benchmarks.scale")
+    pytest.importorskip("faster_coco_eval")
+    gt_path = scale.eval_ground_truth(tmp_path, 12)
+    threads = torch.get_num_threads()  # child_eval sets 1 (it is meant for a fresh process)
+    try:
+        runs = {(impl, iou): scale.child_eval(impl, str(gt_path), iou)["stats"]
+                for impl in ("ours:pycocotools", "ours:faster_coco_eval") for iou in ("bbox", "segm")}
+    finally:
+        torch.set_num_threads(threads)
+    for iou in ("bbox", "segm"):
+        ref, fast = runs["ours:pycocotools", iou], runs["ours:faster_coco_eval", iou]
+        # AP and AR@100 above 0: jittered boxes (and the blobs in them) overlap their objects.
+        assert ref[0] > 0.005 and ref[8] > 0.1, (iou, ref)
+        assert max(abs(a - b) for a, b in zip(ref, fast)) < 1e-9, (iou, ref, fast)
