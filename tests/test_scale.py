@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -395,6 +396,34 @@ def test_loader_workers_hand_freed_item_memory_back(small_file, monkeypatch):
     assert growth() < one_float_image
 
 
+def test_worker_trims_at_least_every_few_items_whatever_a_trim_costs(monkeypatch):
+    """Issue 17: with the trims' time budget alone, a fragmented forked heap (costly trims) spaced them by tens
+    of items and the worker kept 10.6 MiB; a trim now also comes after every WORKER_TRIM_MAX_ITEMS items. Here
+    the budget would never allow another trim (a share of 1e-12), and 3 x WORKER_TRIM_MAX_ITEMS items in a
+    (simulated) loader worker give exactly 3 trims; outside a worker, none."""
+    import os
+
+    from resnet_fpn.data import coco as coco_module
+
+    trims = []
+    monkeypatch.setattr(coco_module, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(coco_module, "WORKER_TRIM_SHARE", 1e-12)
+    monkeypatch.setattr(coco_module, "_heap_pid", os.getpid())
+    monkeypatch.setattr(coco_module, "_heap_in_worker", True)
+    monkeypatch.setattr(coco_module, "_heap_next_trim", float("inf"))
+    monkeypatch.setattr(coco_module, "_heap_items", 0)
+    every = coco_module.WORKER_TRIM_MAX_ITEMS
+    for _ in range(3 * every):
+        coco_module._worker_heap(after_item=False)
+        coco_module._worker_heap(after_item=True)
+    assert len(trims) == 3
+
+    monkeypatch.setattr(coco_module, "_heap_in_worker", False)
+    for _ in range(3 * every):
+        coco_module._worker_heap(after_item=True)
+    assert len(trims) == 3
+
+
 def test_scale_benchmark_evaluator_inputs_score_above_zero_and_backends_agree(tmp_path):
     """The evaluator rows compare real numbers: the benchmark's detections (jittered ground truth first, smooth
     pasted masks) give AP well above 0, and our two backends give the same 12 stats on them (to 1e-9)."""
@@ -407,6 +436,15 @@ def test_scale_benchmark_evaluator_inputs_score_above_zero_and_backends_agree(tm
                 for impl in ("ours:pycocotools", "ours:faster_coco_eval") for iou in ("bbox", "segm")}
     finally:
         torch.set_num_threads(threads)
+    # The segm rows read the pasted masks from a cache of RLEs beside the ground truth: the same bool masks.
+    gt = CocoAnnotations.from_file(gt_path)
+    preds = scale._predictions(gt, "segm")
+    cached = scale._pasted_mask_cache(gt, str(gt_path), preds)
+    assert Path(f"{gt_path}.pasted_masks.pkl").is_file()
+    for i in (0, 11):
+        pasted = scale._paste_masks(preds[i], gt.image_sizes[gt.image_ids[i]], i)
+        decoded = scale._decoded_masks(cached[i])
+        assert decoded.is_contiguous() and decoded.dtype == torch.bool and torch.equal(decoded, pasted)
     for iou in ("bbox", "segm"):
         ref, fast = runs["ours:pycocotools", iou], runs["ours:faster_coco_eval", iou]
         # AP and AR@100 above 0: jittered boxes (and the blobs in them) overlap their objects.

@@ -109,11 +109,15 @@ class _Records(Sequence):
 
 #: In a data loader worker, the share of its time that handing freed heap pages back may take (see _worker_heap).
 WORKER_TRIM_SHARE = 0.05
+#: ... but at least after every this many items, whatever a trim costs: a budget alone spaced trims by tens of
+#: items when the forked heap was fragmented (each trim slower), and the worker's heap kept 10.6 MiB over 80 items.
+WORKER_TRIM_MAX_ITEMS = 8
 # The process _worker_heap last looked at (a forked worker inherits the parent's values), whether it is a
-# loader worker, and when (time.perf_counter) its heap is trimmed next.
+# loader worker, when (time.perf_counter) its heap is trimmed next, and the items since its last trim.
 _heap_pid: Optional[int] = None
 _heap_in_worker = False
 _heap_next_trim = 0.0
+_heap_items = 0
 
 
 def _worker_heap(*, after_item: bool) -> None:
@@ -128,20 +132,22 @@ def _worker_heap(*, after_item: bool) -> None:
     (:func:`resnet_fpn.data.index.fix_mmap_threshold`, before the first item) and the heap pages an item freed
     are handed back when it is done (:func:`resnet_fpn.data.index.trim_heap`, ``malloc_trim``; the item's
     tensors, mapped on their own, are not in the heap). A trim walks every free chunk of the heap, so its cost
-    grows with the parent's fragmentation: it runs at most as often as keeps its time within
-    :data:`WORKER_TRIM_SHARE` of the worker's (after every item where it is cheap). The main process
-    (``num_workers=0``) is left as it is.
+    grows with the parent's fragmentation: it runs as often as keeps its time within
+    :data:`WORKER_TRIM_SHARE` of the worker's (after every item where it is cheap), and at least after every
+    :data:`WORKER_TRIM_MAX_ITEMS` items. The main process (``num_workers=0``) is left as it is.
     """
-    global _heap_pid, _heap_in_worker, _heap_next_trim
+    global _heap_pid, _heap_in_worker, _heap_next_trim, _heap_items
     pid = os.getpid()
     if _heap_pid != pid:
-        _heap_pid, _heap_next_trim = pid, 0.0
+        _heap_pid, _heap_next_trim, _heap_items = pid, 0.0, 0
         _heap_in_worker = torch.utils.data.get_worker_info() is not None
         if _heap_in_worker:
             fix_mmap_threshold()
     if _heap_in_worker and after_item:
+        _heap_items += 1
         now = time.perf_counter()
-        if now >= _heap_next_trim:
+        if now >= _heap_next_trim or _heap_items >= WORKER_TRIM_MAX_ITEMS:
+            _heap_items = 0
             # The trim's cost is its CPU time, not its wall time: on shared cores a trim that was descheduled
             # would look expensive and postpone the next one by many items (measured: one worker of 12 grew
             # 56 MB instead of 37-39 MB with wall time).
