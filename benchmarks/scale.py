@@ -282,8 +282,10 @@ def _pasted_mask_cache(gt: Any, gt_path: str, preds: List[Dict[str, Any]]) -> Li
             return cached
     rles = []
     for i, (image_id, pred) in enumerate(zip(gt.image_ids, preds)):
-        masks = _paste_masks(pred, gt.image_sizes[image_id], i).numpy()
-        rles.append(mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))))
+        masks = _paste_masks(pred, gt.image_sizes[image_id], i).numpy().view(np.uint8)
+        # (N, H, W) C-contiguous is (W, H, N) Fortran-contiguous: encoded as transposed masks, without a copy,
+        # and decoded straight into the C layout (see _decoded_masks).
+        rles.append(mask_util.encode(masks.transpose(2, 1, 0)))
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         pickle.dump(rles, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -293,11 +295,12 @@ def _pasted_mask_cache(gt: Any, gt_path: str, preds: List[Dict[str, Any]]) -> Li
 
 def _decoded_masks(rles: List[Dict[str, Any]]) -> Any:
     """(N, H, W) contiguous bool tensor of the RLEs, the layout `_paste_masks` returns."""
-    import numpy as np
     import torch
     from pycocotools import mask as mask_util
 
-    return torch.from_numpy(np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))).bool()
+    masks = mask_util.decode(rles).transpose(2, 1, 0)  # (W, H, N) Fortran order = (N, H, W) C order
+    assert masks.flags.c_contiguous
+    return torch.from_numpy(masks).view(torch.bool)  # 0/1 bytes: a view, no copy
 
 
 def _torchmetrics_targets(gt: Any, iou_type: str) -> List[Dict[str, Any]]:
