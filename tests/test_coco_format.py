@@ -216,7 +216,8 @@ def test_encode_masks_edge_cases_are_pycocotools_bytes(name):
     _assert_as_pycocotools(mask[:, :1][None])
 
 
-@pytest.mark.parametrize("height,width", [(1, 1), (1, 13), (13, 1), (2, 3), (37, 41), (64, 48), (5, 200)])
+# Widths that read rows as 1-, 2-, 4- and 8-byte words (13, 10, 12, 48).
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 13), (13, 1), (2, 3), (37, 41), (64, 48), (5, 200), (3, 10), (6, 12)])
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 0.98, 1.0])
 def test_encode_masks_random_masks_are_pycocotools_bytes(height, width, density):
     import torch
