@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import re
 import statistics
 import sys
 import time
@@ -40,8 +42,12 @@ DATASETS: Dict[str, Dict[str, Any]] = {
                     "tta": {"min_sizes": [96, 144, 192, 240, 288], "max_size": 512, "flip": True}},
     "balloon": {"model": "mask_rcnn", "min_size": 256, "max_size": 384, "lsj": 384, "budget_s": 200,
                 "tta": {"min_sizes": [128, 192, 256, 320, 384], "max_size": 768, "flip": True}},
+    # coco128 trains at configs/coco128_cpu.yaml's learning rate and warm-up share (lr 5e-4, 5% of the steps):
+    # with the fruits recipe's 1e-3 and 20 warm-up steps every baseline and +EMA run went NaN at step 19-39
+    # (6 Dec 2026, 6 of 6 runs; 80 classes from scratch).
     "coco128": {"model": "faster_rcnn", "min_size": 256, "max_size": 384, "lsj": 384, "budget_s": 300,
-                "tta": {"min_sizes": [128, 192, 256, 320, 384], "max_size": 768, "flip": True}},
+                "tta": {"min_sizes": [128, 192, 256, 320, 384], "max_size": 768, "flip": True},
+                "optim": {"lr": 0.0005}, "warmup_share": 0.05},
 }
 ARMS = ("baseline", "ema", "lsj")
 CALIBRATION_STEPS = (3, 21)
@@ -74,7 +80,9 @@ def recipe(dataset: str, arm: str, *, seed: int, steps: int, output_dir: Path, t
         if spec["model"] == "mask_rcnn":
             augment.append({"name": "CopyPaste", "p": 0.5})
     config["data"].update(root=str(DATA / dataset), augment=augment)
-    warmup = max(1, min(20, steps // 5))
+    config["optim"].update(spec.get("optim", {}))
+    share = spec.get("warmup_share")
+    warmup = max(1, round(steps * share)) if share else max(1, min(20, steps // 5))
     config["optim"].update(warmup_steps=warmup)
     trainer = config["trainer"]
     trainer.update(max_steps=steps, val_every_n_steps=steps, checkpoint_every_n_steps=steps, seed=seed,
@@ -90,12 +98,25 @@ def recipe(dataset: str, arm: str, *, seed: int, steps: int, output_dir: Path, t
 
 
 def _run(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Train and evaluate one config; a run whose loss went non-finite is recorded as diverged (no metrics)."""
     from resnet_fpn.training import config_from_dict, train
 
     start = time.perf_counter()
-    result = train(config_from_dict(config, where="ablation"))
+    try:
+        result = train(config_from_dict(config, where="ablation"))
+    except FloatingPointError as error:  # the training module's guard: the weights went NaN/inf
+        step = re.search(r"at step (\d+)", str(error))
+        return {"seconds": time.perf_counter() - start, "metrics": None, "metrics_tta": None,
+                "diverged_at": int(step.group(1)) if step else -1}
     return {"seconds": time.perf_counter() - start, "metrics": result["metrics"],
             "metrics_tta": result.get("metrics_tta")}
+
+
+def recipe_key(config: Dict[str, Any]) -> str:
+    """8 hex digits of the run's config without its output directory: a cached run of another recipe (another
+    budget, learning rate, augmentation, ...) is never taken for this one."""
+    body = {k: v for k, v in config.items() if k != "output_dir"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _cached(path: Path, make) -> Dict[str, Any]:
@@ -142,13 +163,22 @@ def _ap(metrics: Optional[Dict[str, Any]], kind: str) -> Optional[float]:
     return float(metrics[kind]["AP"])
 
 
-def _cell(values: List[Optional[float]]) -> str:
+def _cell(values: List[Optional[float]], diverged: Sequence[int] = ()) -> str:
+    """mean ± sample std of the runs that finished; runs that diverged are counted, never scored as AP 0."""
     values = [v for v in values if v is not None]
+    note = ""
+    if diverged:
+        steps = sorted(diverged)
+        where = f"step {steps[0]}" if steps[0] == steps[-1] else f"steps {steps[0]}-{steps[-1]}"
+        note = f"diverged: {len(steps)} of {len(steps) + len(values)} runs (NaN at {where})"
+        if not values:
+            return note
+        note = f" ({note})"
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.3f}{note}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}{note}"
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
@@ -164,9 +194,11 @@ def table(rows: List[Dict[str, Any]]) -> str:
             step_s = got[0]["step_s"]
             # The median: a run that shared the cores with another job (or was paused) does not skew it.
             seconds = f"{statistics.median(r['seconds'] for r in got):.0f}"
+            diverged = [r["diverged_at"] for r in got if r.get("diverged_at") is not None]
+            finished = [r for r in got if r.get("diverged_at") is None]
+            segm = "n/a" if DATASETS[dataset]["model"] != "mask_rcnn" else _cell([r["segm"] for r in finished], diverged)
             lines.append(f"| {dataset} | {DATASETS[dataset]['model']} R18-FPN | {arm} | {steps} ({step_s:.2f}) | "
-                         f"{seconds} | {_cell([r['bbox'] for r in got])} | {_cell([r['segm'] for r in got])} | "
-                         f"{len(got)} |")
+                         f"{seconds} | {_cell([r['bbox'] for r in finished], diverged)} | {segm} | {len(got)} |")
     return "\n".join(lines)
 
 
@@ -199,13 +231,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 name = f"{dataset}_{arm}_seed{seed}"
                 config = recipe(dataset, arm, seed=seed, steps=steps, output_dir=args.out / "runs" / name,
                                 tta=arm == "baseline")
-                # The step count is part of the key: a run cached under another budget is not this run.
-                got = _cached(args.out / f"{name}_{steps}steps.json", lambda: _run(config))
+                # The step count and the recipe are the key: a run cached under another budget or recipe is not
+                # this run.
+                got = _cached(args.out / f"{name}_{steps}steps_{recipe_key(config)}.json", lambda: _run(config))
                 rows.append({"dataset": dataset, "arm": arm, "seed": seed, "steps": steps,
                              "step_s": step_s[dataset, arm], "seconds": got["seconds"], "bbox": _ap(got["metrics"], "bbox"),
-                             "segm": _ap(got["metrics"], "segm")})
-                print(f"[ablation] {name}: {steps} steps, {got['seconds']:.0f} s, bbox AP {rows[-1]['bbox']}", flush=True)
-                if got.get("metrics_tta"):
+                             "segm": _ap(got["metrics"], "segm"), "diverged_at": got.get("diverged_at")})
+                outcome = (f"diverged at step {got['diverged_at']}" if got.get("diverged_at") is not None
+                           else f"bbox AP {rows[-1]['bbox']}")
+                print(f"[ablation] {name}: {steps} steps, {got['seconds']:.0f} s, {outcome}", flush=True)
+                if got.get("metrics_tta") or (arm == "baseline" and got.get("diverged_at") is not None):
                     rows.append({**rows[-1], "arm": "baseline+tta", "bbox": _ap(got["metrics_tta"], "bbox"),
                                  "segm": _ap(got["metrics_tta"], "segm")})
     text = table(rows)

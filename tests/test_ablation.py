@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from benchmarks.ablation import ARMS, DATASETS, recipe, table
+from benchmarks.ablation import ARMS, DATASETS, recipe, recipe_key, table
 from resnet_fpn.training import config_from_dict
 
 
@@ -39,3 +39,27 @@ def test_table_gives_mean_and_sample_spread_over_seeds():
     text = table(rows)
     spread = statistics.stdev([0.30, 0.40, 0.35])
     assert f"| fruits_nuts | mask_rcnn R18-FPN | baseline | 245 (0.49) | 150 | 0.350 ± {spread:.3f} | n/a | 3 |" in text
+
+
+def test_diverged_runs_are_counted_never_scored_as_zero():
+    """A run whose loss went NaN (the training guard's FloatingPointError) has no AP: the cell says how many runs
+    diverged and where, and the mean is over the runs that finished."""
+    base = {"dataset": "coco128", "arm": "baseline", "steps": 465, "step_s": 0.64, "seconds": 300.0, "segm": None}
+    rows = [{**base, "seed": 1, "bbox": None, "diverged_at": 39}, {**base, "seed": 2, "bbox": None, "diverged_at": 19},
+            {**base, "seed": 3, "bbox": 0.012, "diverged_at": None},
+            {**base, "arm": "ema", "seed": 1, "bbox": None, "diverged_at": 30}]
+    text = table(rows)
+    assert "| coco128 | faster_rcnn R18-FPN | baseline | 465 (0.64) | 300 | 0.012 (diverged: 2 of 3 runs (NaN at steps 19-39)) | n/a | 3 |" in text
+    assert "| ema | 465 (0.64) | 300 | diverged: 1 of 1 runs (NaN at step 30) | n/a | 1 |" in text
+
+
+def test_coco128_trains_at_its_recipe_lr_and_the_cache_key_follows_the_recipe(tmp_path):
+    config = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "a")
+    assert config["optim"]["lr"] == 0.0005 and config["optim"]["warmup_steps"] == 20  # 5% of 400
+    assert recipe("fruits_nuts", "baseline", seed=1, steps=400, output_dir=tmp_path)["optim"]["lr"] == 0.001
+    same = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "b")
+    assert recipe_key(config) == recipe_key(same)  # the output directory is not the recipe
+    other = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "a")
+    other["optim"]["lr"] = 0.001
+    assert recipe_key(other) != recipe_key(config)
+    assert recipe_key(recipe("coco128", "baseline", seed=1, steps=401, output_dir=tmp_path)) != recipe_key(config)

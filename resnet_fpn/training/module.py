@@ -108,6 +108,15 @@ class DetectionModule(L.LightningModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
+        # Stop at the first non-finite loss, as detectron2 does (FloatingPointError): the weights have diverged
+        # (a step's gradient overflowed) and every later step, checkpoint and evaluation would be NaN's. The
+        # checkpoints written so far hold the weights from before it. One host sync per step.
+        if not bool(torch.isfinite(loss.detach())):
+            terms = ", ".join(f"{name}={float(value):.4g}" for name, value in losses.items())
+            raise FloatingPointError(
+                f"training loss is not finite at step {self.global_step} ({terms}): the weights diverged. The "
+                "checkpoints saved so far hold earlier weights. Lower optim.lr, lengthen optim.warmup_steps, set "
+                "trainer.gradient_clip_val, or train with trainer.precision: 32-true")
         batch_size = len(images)
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
