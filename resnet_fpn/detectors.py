@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
@@ -240,6 +240,37 @@ def _load_detector_weights(detector: nn.Module, weights: WeightsSource, *, model
         )
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's ``RPNHead`` (same layers and parameter names) whose outputs are float32 under autocast.
+
+    Why: torchvision decodes proposals in the dtype of the head's deltas and then casts the ground-truth boxes to
+    the proposals' dtype (``RoIHeads.select_training_samples``). Under bf16 autocast (8 bits of mantissa: 2 px
+    steps at 256-512 px) a ground-truth box narrower than that collapses to zero width; added as a proposal it
+    matches itself with IoU 0/0 and its regression target is log(0/0): the box loss turns NaN (measured: every
+    bf16 Faster R-CNN run on coco128 at step 12-89, a 0.65 px wide box at x = 247). detectron2 decodes in float32
+    for the same reason (``Box2BoxTransform.apply_deltas``: ``deltas.float()``). The convolutions still run in
+    the autocast dtype; only the small per-anchor outputs are widened.
+    """
+
+    def forward(self, x: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        logits: List[Tensor] = []
+        deltas: List[Tensor] = []
+        for feature in x:
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t).float())
+            deltas.append(self.bbox_pred(t).float())
+        return logits, deltas
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's ``FastRCNNPredictor`` whose class scores and box deltas are float32 under autocast: the
+    boxes of the second stage are decoded (and their loss computed) at full precision, as detectron2 does."""
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
+
+
 def build_detector(
     model: str,
     *,
@@ -386,7 +417,7 @@ def build_detector(
             box_head = TwoMLPHead(channels * resolution**2, box_head_dim)
         rcnn = dict(
             rpn_anchor_generator=anchors,
-            rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=spec.version),
+            rpn_head=Float32RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=spec.version),
             rpn_batch_size_per_image=rpn_batch_size_per_image,
             rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
             rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
@@ -394,7 +425,7 @@ def build_detector(
             rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
             box_roi_pool=MultiScaleRoIAlign(pooled, output_size=resolution, sampling_ratio=2),
             box_head=box_head,
-            box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
+            box_predictor=Float32BoxPredictor(box_head_dim, num_classes),
             box_batch_size_per_image=box_batch_size_per_image,
             **{f"box_{k}": v for k, v in post.items()},
         )

@@ -184,3 +184,33 @@ def test_backbone_checkpoint_given_as_detector_weights_points_to_backbone_weight
                                          r"\[fc\.bias, fc\.weight\]\..*pass it as backbone_weights"):
         build_detector("faster_rcnn", backbone="resnet18-fpn", num_classes=4,
                        weights=torchvision.models.resnet18(weights=None).state_dict())
+
+
+@pytest.mark.parametrize("model", ["faster_rcnn", "mask_rcnn"])
+def test_bf16_autocast_training_keeps_sub_pixel_boxes_finite(model):
+    """Under bf16 autocast torchvision's heads gave bf16 proposals, and the ground truth was cast to them: a box
+    0.65 px wide at x = 247 became 0 px wide, matched itself with IoU 0/0 and its box-regression target was
+    log(0/0), so loss_box_reg turned NaN (every bf16 coco128 run of 6 Dec 2026). The RPN and box predictor give
+    float32 outputs (detectron2 decodes in float32), so the loss stays finite; parameter names are torchvision's."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
+
+    from resnet_fpn.detectors import build_detector
+
+    torch.manual_seed(0)
+    detector = build_detector(model, backbone="resnet18-fpn", num_classes=3, min_size=320, max_size=320,
+                              fpn_channels=64, box_head_dim=64, mask_head_dim=16).train()
+    assert isinstance(detector.rpn.head, RPNHead) and isinstance(detector.roi_heads.box_predictor, FastRCNNPredictor)
+    assert {"rpn.head.conv.0.0.weight", "roi_heads.box_predictor.bbox_pred.weight"} <= set(detector.state_dict())
+    boxes = torch.tensor([[246.5974, 118.7544, 247.2470, 124.1177], [40.0, 40.0, 120.0, 150.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([1, 2])}
+    if model == "mask_rcnn":
+        masks = torch.zeros(2, 320, 320, dtype=torch.uint8)
+        masks[0, 119:124, 247] = 1
+        masks[1, 40:150, 40:120] = 1
+        target["masks"] = masks
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = detector([torch.rand(3, 320, 320)], [target])
+        logits, deltas = detector.rpn.head([torch.rand(1, 64, 8, 8)])
+    assert logits[0].dtype == deltas[0].dtype == torch.float32
+    assert all(torch.isfinite(value) for value in losses.values()), losses

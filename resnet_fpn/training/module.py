@@ -112,7 +112,7 @@ class DetectionModule(L.LightningModule):
         # (a step's gradient overflowed) and every later step, checkpoint and evaluation would be NaN's. The
         # checkpoints written so far hold the weights from before it. One host sync per step.
         if not bool(torch.isfinite(loss.detach())):
-            terms = ", ".join(f"{name}={float(value):.4g}" for name, value in losses.items())
+            terms = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
             raise FloatingPointError(
                 f"training loss is not finite at step {self.global_step} ({terms}): the weights diverged. The "
                 "checkpoints saved so far hold earlier weights. Lower optim.lr, lengthen optim.warmup_steps, set "
