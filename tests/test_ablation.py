@@ -53,13 +53,11 @@ def test_diverged_runs_are_counted_never_scored_as_zero():
     assert "| ema | 465 (0.64) | 300 | diverged: 1 of 1 runs (NaN at step 30) | n/a | 1 |" in text
 
 
-def test_coco128_trains_at_its_recipe_lr_and_the_cache_key_follows_the_recipe(tmp_path):
+def test_the_cache_key_follows_the_recipe(tmp_path):
     config = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "a")
-    assert config["optim"]["lr"] == 0.0005 and config["optim"]["warmup_steps"] == 20  # 5% of 400
-    assert recipe("fruits_nuts", "baseline", seed=1, steps=400, output_dir=tmp_path)["optim"]["lr"] == 0.001
     same = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "b")
     assert recipe_key(config) == recipe_key(same)  # the output directory is not the recipe
     other = recipe("coco128", "baseline", seed=1, steps=400, output_dir=tmp_path / "a")
-    other["optim"]["lr"] = 0.001
+    other["optim"]["lr"] = 0.0005
     assert recipe_key(other) != recipe_key(config)
     assert recipe_key(recipe("coco128", "baseline", seed=1, steps=401, output_dir=tmp_path)) != recipe_key(config)
