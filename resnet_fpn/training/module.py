@@ -108,13 +108,14 @@ class DetectionModule(L.LightningModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        # Stop at the first non-finite loss, as detectron2 does (FloatingPointError): the weights have diverged
-        # (a step's gradient overflowed) and every later step, checkpoint and evaluation would be NaN's. The
-        # checkpoints written so far hold the weights from before it. One host sync per step.
+        # Stop at the first non-finite loss, as detectron2 does (FloatingPointError): its backward would make
+        # every weight NaN (or they already are: diverged), and every later step, checkpoint and evaluation would
+        # be NaN's. The checkpoints written so far hold earlier weights. One host sync per step.
         if not bool(torch.isfinite(loss.detach())):
             terms = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
             raise FloatingPointError(
-                f"training loss is not finite at step {self.global_step} ({terms}): the weights diverged. The "
+                f"training loss is not finite at step {self.global_step} ({terms}): training stopped before NaN "
+                "gradients reach the weights (or after they diverged). The "
                 "checkpoints saved so far hold earlier weights. Lower optim.lr, lengthen optim.warmup_steps, set "
                 "trainer.gradient_clip_val, or train with trainer.precision: 32-true")
         batch_size = len(images)
