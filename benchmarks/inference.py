@@ -19,6 +19,7 @@ from .agreement import compare_detections, max_relative_difference
 from .machine import onednn_native_bf16
 from .models import reference_models
 from .results import TimingRow
+from .roofline import ceiling_row, count_macs, matmul_candidate
 from .runtimes import load_peers, peer_outputs
 from .settings import BenchmarkSettings
 from .timing import time_alternating
@@ -95,8 +96,10 @@ def benchmark_backbone(settings: BenchmarkSettings, *, bf16: bool = False) -> Tu
         start = time.perf_counter()
         compiled(x)  # compiles (inductor); later calls at this size reuse the compiled code
         compile_s = time.perf_counter() - start
+        macs = count_macs(lambda: ours(x))
+        matmul, matmul_macs = matmul_candidate()
         candidates = {"theirs": lambda: theirs(x), "eager": lambda: ours(x), "optimized": lambda: fast(x),
-                      "compiled": lambda: compiled(x), "default": lambda: default(x)}
+                      "compiled": lambda: compiled(x), "default": lambda: default(x), "matmul": matmul}
         candidates.update({p.name: (lambda p=p: p(x)) for p in peers})
         times = time_alternating(candidates, repeats=settings.repeats, num_threads=settings.threads, label=label)
         diffs = {name: max_relative_difference(model(x), reference)
@@ -118,6 +121,8 @@ def benchmark_backbone(settings: BenchmarkSettings, *, bf16: bool = False) -> Tu
     rows += [TimingRow("backbone fp32", "torchvision fp32 eager", PEER_PREFIX + p.name, times["theirs"], times[p.name],
                        diffs[p.name], _LEVEL_DIFF, "the ONNX file of export_model(ours, optimize=True, dynamic=True)")
              for p in peers]
+    rows.append(ceiling_row("backbone fp32", "torchvision fp32 eager", times["theirs"], macs, times["matmul"],
+                            matmul_macs))
     return rows, skipped
 
 
@@ -140,10 +145,12 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
     fast = resnet_fpn.optimize_for_inference(ours, runtime="torch")
     default = _default_copy(ours)
     peers, skipped = load_peers(ours)
+    macs = count_macs(lambda: ours([image]))
+    matmul, matmul_macs = matmul_candidate()
     with torch.inference_mode():
         default([image])
         candidates = {"theirs": lambda: theirs([image]), "eager": lambda: ours([image]),
-                      "optimized": lambda: fast([image]), "default": lambda: default([image])}
+                      "optimized": lambda: fast([image]), "default": lambda: default([image]), "matmul": matmul}
         candidates.update({p.name: (lambda p=p: p(image)) for p in peers})
         times = time_alternating(candidates, repeats=settings.repeats, num_threads=settings.threads,
                                  label=f"detector {height}x{width}")
@@ -166,4 +173,5 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
                        peer_diffs[p.name][1] + "; the whole detector's ONNX file (export_model(ours, optimize=True, "
                                                "dynamic=True)), one image per call")
              for p in peers]
+    rows.append(ceiling_row("detector fp32", model, times["theirs"], macs, times["matmul"], matmul_macs))
     return rows, skipped

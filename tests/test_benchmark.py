@@ -244,3 +244,39 @@ def test_evaluator_backends_agree_through_the_public_api(shared_data):
     with pytest.raises(ValueError, match=r"backends must be a non-empty subset of .*got \['cocoapi'\]"):
         benchmark_backends(coco / COCO_VAL2014_100["gt"], coco / COCO_VAL2014_100["bbox"], iou_type="bbox",
                            repeats=1, num_threads=1, backends=["cocoapi"])
+
+
+def test_mac_count_matches_torchvisions_published_figure_and_backbone():
+    # torchvision's ResNet50_Weights meta "_ops" is 4.089 (GMACs at 224x224); ours has the same convolutions.
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    import resnet_fpn
+    from benchmarks.roofline import count_macs
+
+    x = torch.rand(1, 3, 224, 224)
+    assert count_macs(lambda: resnet_fpn.build_resnet("resnet50").eval()(x)) == 4_089_184_256
+    y = torch.rand(1, 3, 64, 96)
+    theirs = resnet_fpn_backbone(backbone_name="resnet50", weights=None).eval()
+    ours = resnet_fpn.build_backbone("resnet50-fpn").eval()
+    assert count_macs(lambda: ours(y)) == count_macs(lambda: theirs(y)) > 0
+
+
+def test_ceiling_row_is_the_mac_count_at_the_measured_matmul_rate():
+    from benchmarks.roofline import CEILING_LABEL, ceiling_row, matmul_candidate
+
+    fn, macs = matmul_candidate(8)
+    assert macs == 512 and fn().shape == (8, 8)
+    # 100 GMACs at 2048^3 MACs per 0.05 s (171.8 GMAC/s) -> 0.582 s; torchvision's median 1.2 s runs at
+    # 0.582 / 1.2 = 49% of that rate.
+    row = ceiling_row("backbone fp32", "torchvision fp32 eager", [1.3, 1.2, 1.1], 100 * 10 ** 9,
+                      [0.06, 0.05, 0.04], 2048 ** 3)
+    assert row.ours == CEILING_LABEL and row.diff is None
+    assert row.ours_s == pytest.approx(100e9 * 0.05 / 2048 ** 3)
+    assert row.speedup == pytest.approx(1.2 / 0.58208, rel=1e-4)
+    assert "100.0 GMACs" in row.note and "172 GMAC/s" in row.note and "49% of that rate" in row.note
+    with pytest.raises(ValueError, match="must be positive, got 0"):
+        ceiling_row("backbone fp32", "tv", [1.0], 0, [0.1], 8)
+    with pytest.raises(ValueError, match="at least one measurement"):
+        ceiling_row("backbone fp32", "tv", [], 10, [0.1], 8)
+    with pytest.raises(ValueError, match="positive int, got 0"):
+        matmul_candidate(0)
