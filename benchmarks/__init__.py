@@ -13,6 +13,7 @@ Layout:
     models       torchvision's models and ours with the same weights
     agreement    how far our outputs are from torchvision's (features, detections, losses)
     inference    backbone and detector inference cases
+    roofline     the fp32 ceiling row: a model's MACs at the matmul rate timed beside it
     training     training-step cases
     memory       peak memory of one call, each in a fresh process (also that process's entry point)
     evaluator    pycocotools against faster-coco-eval, through resnet_fpn.evaluation's public API
