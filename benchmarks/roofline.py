@@ -3,9 +3,11 @@
 A direct convolution is a matrix product (im2col or its blocked equivalents: oneDNN's brgemm, MLAS), so no
 runtime that computes every multiply-accumulate of a model's convolutions and matmuls in fp32 runs it faster
 than ``MACs / (the machine's fp32 matmul rate)``. The rate is measured in the same alternating group as the
-models (``time_alternating``), so clock and load spells land on it as on them; a large ``torch.mm`` (MKL or
-oneDNN sgemm) runs within a few percent of the cores' FMA peak. Only an algorithm with fewer multiplies
-(Winograd, FFT) or a lower precision (bf16, int8) can pass the ceiling: the report says so beside the row.
+models (``time_alternating``), so clock and load spells land on it as on them. A large ``torch.mm`` (MKL or
+oneDNN sgemm) is the best-tuned fp32 kernel a CPU has; a convolution kernel may match its rate, not pass it by
+more than noise (measured on the AMX Xeon: OpenVINO's convolutions at 140-145 GMAC/s, ``torch.mm`` at 150-167).
+Only an algorithm with fewer multiplies (Winograd, FFT) or a lower precision (bf16, int8) can pass the ceiling:
+the report says so beside the row.
 
     >>> macs = count_macs(lambda: model(x))          # e.g. 134.3e9 for resnet50-FPN at 1x3x800x1216
     >>> fn, mm_macs = matmul_candidate()              # time fn() beside the models
