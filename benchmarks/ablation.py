@@ -19,7 +19,6 @@ import argparse
 import copy
 import hashlib
 import json
-import re
 import statistics
 import sys
 import time
@@ -93,15 +92,14 @@ def recipe(dataset: str, arm: str, *, seed: int, steps: int, output_dir: Path, t
 
 def _run(config: Dict[str, Any]) -> Dict[str, Any]:
     """Train and evaluate one config; a run whose loss went non-finite is recorded as diverged (no metrics)."""
-    from resnet_fpn.training import config_from_dict, train
+    from resnet_fpn.training import NonFiniteLossError, config_from_dict, train
 
     start = time.perf_counter()
     try:
         result = train(config_from_dict(config, where="ablation"))
-    except FloatingPointError as error:  # the training module's guard: the weights went NaN/inf
-        step = re.search(r"at step (\d+)", str(error))
+    except NonFiniteLossError as error:  # the training module's guard: the loss went NaN/inf
         return {"seconds": time.perf_counter() - start, "metrics": None, "metrics_tta": None,
-                "diverged_at": int(step.group(1)) if step else -1}
+                "diverged_at": error.step}
     return {"seconds": time.perf_counter() - start, "metrics": result["metrics"],
             "metrics_tta": result.get("metrics_tta")}
 

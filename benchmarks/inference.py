@@ -97,7 +97,7 @@ def benchmark_backbone(settings: BenchmarkSettings, *, bf16: bool = False) -> Tu
         compiled(x)  # compiles (inductor); later calls at this size reuse the compiled code
         compile_s = time.perf_counter() - start
         macs = count_macs(lambda: ours(x))
-        matmul, matmul_macs = matmul_candidate()
+        matmul = matmul_candidate()
         candidates = {"theirs": lambda: theirs(x), "eager": lambda: ours(x), "optimized": lambda: fast(x),
                       "compiled": lambda: compiled(x), "default": lambda: default(x), "matmul": matmul}
         candidates.update({p.name: (lambda p=p: p(x)) for p in peers})
@@ -121,8 +121,7 @@ def benchmark_backbone(settings: BenchmarkSettings, *, bf16: bool = False) -> Tu
     rows += [TimingRow("backbone fp32", "torchvision fp32 eager", PEER_PREFIX + p.name, times["theirs"], times[p.name],
                        diffs[p.name], _LEVEL_DIFF, "the ONNX file of export_model(ours, optimize=True, dynamic=True)")
              for p in peers]
-    rows.append(ceiling_row("backbone fp32", "torchvision fp32 eager", times["theirs"], macs, times["matmul"],
-                            matmul_macs))
+    rows.append(ceiling_row("backbone fp32", "torchvision fp32 eager", times["theirs"], macs, times["matmul"]))
     return rows, skipped
 
 
@@ -146,7 +145,7 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
     default = _default_copy(ours)
     peers, skipped = load_peers(ours)
     macs = count_macs(lambda: ours([image]))
-    matmul, matmul_macs = matmul_candidate()
+    matmul = matmul_candidate()
     with torch.inference_mode():
         default([image])
         candidates = {"theirs": lambda: theirs([image]), "eager": lambda: ours([image]),
@@ -173,5 +172,5 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
                        peer_diffs[p.name][1] + "; the whole detector's ONNX file (export_model(ours, optimize=True, "
                                                "dynamic=True)), one image per call")
              for p in peers]
-    rows.append(ceiling_row("detector fp32", model, times["theirs"], macs, times["matmul"], matmul_macs))
+    rows.append(ceiling_row("detector fp32", model, times["theirs"], macs, times["matmul"]))
     return rows, skipped

@@ -10,12 +10,12 @@ Only an algorithm with fewer multiplies (Winograd, FFT) or a lower precision (bf
 the report says so beside the row.
 
     >>> macs = count_macs(lambda: model(x))          # e.g. 134.3e9 for resnet50-FPN at 1x3x800x1216
-    >>> fn, mm_macs = matmul_candidate()              # time fn() beside the models
-    >>> row = ceiling_row("backbone fp32", "torchvision fp32 eager", theirs_times, macs, mm_times, mm_macs)
+    >>> matmul = matmul_candidate()                   # time matmul() beside the models
+    >>> row = ceiling_row("backbone fp32", "torchvision fp32 eager", theirs_times, macs, matmul_times)
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -50,15 +50,16 @@ def count_macs(fn: Callable[[], object]) -> int:
     return counter.get_total_flops() // 2
 
 
-def matmul_candidate(size: int = MATMUL_SIZE, *, seed: int = 0) -> Tuple[Callable[[], torch.Tensor], int]:
-    """A float32 ``torch.mm`` of two `size` x `size` matrices to time beside the models.
+def matmul_candidate(size: int = MATMUL_SIZE, *, seed: int = 0) -> Callable[[], torch.Tensor]:
+    """A float32 ``torch.mm`` of two `size` x `size` matrices (``size ** 3`` multiply-accumulates) to time
+    beside the models.
 
     Args:
         size: the matrices' side.
         seed: of the random matrices.
 
     Returns:
-        ``(fn, macs)``: the call and its multiply-accumulates (``size ** 3``).
+        The zero-argument call.
 
     Raises:
         ValueError: `size` is not a positive int.
@@ -68,14 +69,14 @@ def matmul_candidate(size: int = MATMUL_SIZE, *, seed: int = 0) -> Tuple[Callabl
     generator = torch.Generator().manual_seed(seed)
     a = torch.rand(size, size, generator=generator)
     b = torch.rand(size, size, generator=generator)
-    return (lambda: torch.mm(a, b)), size ** 3
+    return lambda: torch.mm(a, b)
 
 
 def ceiling_row(case: str, reference: str, reference_times: Sequence[float], macs: int,
-                matmul_times: Sequence[float], matmul_macs: int) -> TimingRow:
+                matmul_times: Sequence[float], *, matmul_size: int = MATMUL_SIZE) -> TimingRow:
     """The row of the ceiling: `macs` at the measured matmul rate, beside torchvision's measured times.
 
-    Each matmul measurement gives one ceiling (``macs / (matmul_macs / t)``), so the row's median is the
+    Each matmul measurement gives one ceiling (``macs / (matmul_size ** 3 / t)``), so the row's median is the
     ceiling at the median rate, and its speed-up is the most any fp32 direct-convolution runtime could show
     against torchvision in this run.
 
@@ -84,30 +85,30 @@ def ceiling_row(case: str, reference: str, reference_times: Sequence[float], mac
         reference: torchvision's candidate, e.g. "torchvision fp32 eager".
         reference_times: torchvision's measurements (seconds per call).
         macs: the model's multiply-accumulates (``count_macs``).
-        matmul_times: the measurements of ``matmul_candidate``'s call.
-        matmul_macs: its multiply-accumulates.
+        matmul_times: the measurements of ``matmul_candidate(matmul_size)``'s call.
+        matmul_size: the side of its matrices.
 
     Returns:
         A ``TimingRow`` whose "ours" column is the ceiling (no output, so no difference) and whose note gives
         the count, the rate and the share of the rate torchvision's eager run reaches.
 
     Raises:
-        ValueError: a count is not positive or a list of times is empty.
+        ValueError: `macs` or `matmul_size` is not positive, or a list of times is empty.
 
     Example:
-        >>> ceiling_row("backbone fp32", "torchvision fp32 eager", [1.6], 134_300_000_000, [0.055], 2048 ** 3).ours_s
+        >>> ceiling_row("backbone fp32", "torchvision fp32 eager", [1.6], 134_300_000_000, [0.055]).ours_s
         0.8599...
     """
-    if macs <= 0 or matmul_macs <= 0:
-        raise ValueError(f"macs and matmul_macs must be positive, got {macs} and {matmul_macs}")
+    if macs <= 0 or matmul_size <= 0:
+        raise ValueError(f"macs and matmul_size must be positive, got {macs} and {matmul_size}")
     if not reference_times or not matmul_times:
         raise ValueError("reference_times and matmul_times must hold at least one measurement each")
+    matmul_macs = matmul_size ** 3
     ceilings: List[float] = [macs * t / matmul_macs for t in matmul_times]
     rate = matmul_macs / median(matmul_times)
-    side = round(matmul_macs ** (1 / 3))
     share = macs / median(reference_times) / rate
     note = (f"a bound, not a model run: {macs / 1e9:.1f} GMACs (convolutions and matmuls, "
-            f"torch.utils.flop_counter) at {rate / 1e9:.0f} GMAC/s (torch.mm {side}x{side} fp32, timed in this "
+            f"torch.utils.flop_counter) at {rate / 1e9:.0f} GMAC/s (torch.mm {matmul_size}x{matmul_size} fp32, timed in this "
             f"group); no fp32 runtime computing every MAC beats it, only fewer multiplies (Winograd, FFT) or "
             f"lower precision; torchvision eager runs at {100 * share:.0f}% of that rate")
     return TimingRow(case, reference, CEILING_LABEL, list(reference_times), ceilings, None, "", note)

@@ -252,6 +252,7 @@ class Float32RPNHead(RPNHead):
     the autocast dtype; only the small per-anchor outputs are widened.
     """
 
+    # torchvision's loop written out rather than super().forward(): TorchScript compiles no super() call.
     def forward(self, x: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         logits: List[Tensor] = []
         deltas: List[Tensor] = []
@@ -266,6 +267,7 @@ class Float32BoxPredictor(FastRCNNPredictor):
     """torchvision's ``FastRCNNPredictor`` whose class scores and box deltas are float32 under autocast: the
     boxes of the second stage are decoded (and their loss computed) at full precision, as detectron2 does."""
 
+    # Written out rather than super().forward(): TorchScript compiles no super() call.
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         x = x.flatten(start_dim=1)
         return self.cls_score(x).float(), self.bbox_pred(x).float()

@@ -61,3 +61,17 @@ def test_the_cache_key_follows_the_recipe(tmp_path):
     other["optim"]["lr"] = 0.0005
     assert recipe_key(other) != recipe_key(config)
     assert recipe_key(recipe("coco128", "baseline", seed=1, steps=401, output_dir=tmp_path)) != recipe_key(config)
+
+
+def test_a_run_stopped_by_the_training_guard_is_recorded_with_its_step(monkeypatch):
+    import resnet_fpn.training as training
+    from benchmarks.ablation import _run
+    from resnet_fpn.training import NonFiniteLossError
+
+    def diverges(config):
+        raise NonFiniteLossError("training loss is not finite at step 39 (...)", step=39)
+
+    monkeypatch.setattr(training, "config_from_dict", lambda config, where: config)
+    monkeypatch.setattr(training, "train", diverges)
+    got = _run({"seed": 1})
+    assert got["diverged_at"] == 39 and got["metrics"] is None and got["seconds"] >= 0

@@ -264,19 +264,20 @@ def test_mac_count_matches_torchvisions_published_figure_and_backbone():
 def test_ceiling_row_is_the_mac_count_at_the_measured_matmul_rate():
     from benchmarks.roofline import CEILING_LABEL, ceiling_row, matmul_candidate
 
-    fn, macs = matmul_candidate(8)
-    assert macs == 512 and fn().shape == (8, 8)
+    assert matmul_candidate(8)().shape == (8, 8)
     # 100 GMACs at 2048^3 MACs per 0.05 s (171.8 GMAC/s) -> 0.582 s; torchvision's median 1.2 s runs at
     # 0.582 / 1.2 = 49% of that rate.
     row = ceiling_row("backbone fp32", "torchvision fp32 eager", [1.3, 1.2, 1.1], 100 * 10 ** 9,
-                      [0.06, 0.05, 0.04], 2048 ** 3)
+                      [0.06, 0.05, 0.04])
     assert row.ours == CEILING_LABEL and row.diff is None
     assert row.ours_s == pytest.approx(100e9 * 0.05 / 2048 ** 3)
     assert row.speedup == pytest.approx(1.2 / 0.58208, rel=1e-4)
     assert "100.0 GMACs" in row.note and "172 GMAC/s" in row.note and "49% of that rate" in row.note
+    assert "(torch.mm 2048x2048 fp32" in row.note
+    assert ceiling_row("backbone fp32", "tv", [1.0], 8 * 10 ** 9, [0.5], matmul_size=1000).ours_s == pytest.approx(4.0)
     with pytest.raises(ValueError, match="must be positive, got 0"):
-        ceiling_row("backbone fp32", "tv", [1.0], 0, [0.1], 8)
+        ceiling_row("backbone fp32", "tv", [1.0], 0, [0.1])
     with pytest.raises(ValueError, match="at least one measurement"):
-        ceiling_row("backbone fp32", "tv", [], 10, [0.1], 8)
+        ceiling_row("backbone fp32", "tv", [], 10, [0.1])
     with pytest.raises(ValueError, match="positive int, got 0"):
         matmul_candidate(0)

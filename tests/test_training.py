@@ -19,7 +19,7 @@ from resnet_fpn.evaluation import evaluate_results
 from resnet_fpn import evaluate_checkpoint
 from resnet_fpn.cli import main
 from resnet_fpn.training import DataConfig, OptimConfig, TrainerConfig, config_from_dict, load_config, train
-from resnet_fpn.training.module import DetectionModule, lr_lambda, parameter_groups
+from resnet_fpn.training.module import DetectionModule, NonFiniteLossError, lr_lambda, parameter_groups
 
 from conftest import REPO
 
@@ -224,8 +224,10 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_terms(tmp_path):
         return {"loss_classifier": torch.tensor(float("nan")), "loss_box_reg": torch.tensor(0.5)}
 
     module.model.forward = diverged
-    with pytest.raises(FloatingPointError, match=r"not finite at step 0 \(loss_classifier=nan, loss_box_reg=0\.5\)"):
+    message = r"not finite at step 0 \(loss_classifier=nan, loss_box_reg=0\.5\)"
+    with pytest.raises(FloatingPointError, match=message) as info:
         module.training_step((images, targets), 0)
+    assert isinstance(info.value, NonFiniteLossError) and info.value.step == 0
     module.model.forward = lambda images, targets: {"loss_classifier": torch.tensor(float("inf"))}
     with pytest.raises(FloatingPointError, match="loss_classifier=inf"):
         module.training_step((images, targets), 0)

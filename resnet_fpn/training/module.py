@@ -15,7 +15,20 @@ from ..evaluation import COCOEvaluator
 from ..evaluation.coco import STAT_NAMES
 from .val_loss import detections_and_losses
 
-__all__ = ["DetectionModule", "lr_lambda", "parameter_groups"]
+__all__ = ["DetectionModule", "NonFiniteLossError", "lr_lambda", "parameter_groups"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss went NaN or inf (``DetectionModule.training_step`` stops there, as detectron2 does).
+
+    Attributes:
+        step: the global step whose loss was not finite (what a caller records, e.g. the ablation's
+            ``diverged_at``, without reading it out of the message).
+    """
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def lr_lambda(step: int, *, warmup_steps: int, warmup_factor: float, schedule: str, milestones: Sequence[int],
@@ -113,11 +126,11 @@ class DetectionModule(L.LightningModule):
         # be NaN's. The checkpoints written so far hold earlier weights. One host sync per step.
         if not bool(torch.isfinite(loss.detach())):
             terms = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"training loss is not finite at step {self.global_step} ({terms}): training stopped before NaN "
                 "gradients reach the weights (or after they diverged). The "
                 "checkpoints saved so far hold earlier weights. Lower optim.lr, lengthen optim.warmup_steps, set "
-                "trainer.gradient_clip_val, or train with trainer.precision: 32-true")
+                "trainer.gradient_clip_val, or train with trainer.precision: 32-true", step=self.global_step)
         batch_size = len(images)
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
