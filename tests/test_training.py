@@ -520,7 +520,12 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(config))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(TRAIN + ["--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The run's own temporary folder: a checkpoint write must leave nothing there, killed or not.
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(system_tmp)}
+    proc = subprocess.Popen(TRAIN + ["--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
     deadline = time.time() + 600
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -530,12 +535,14 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 2 <= killed_step < 12
-    leftovers = [p.name for p in last.parent.iterdir() if p.name.endswith((".tmp", ".part"))]
-    assert leftovers == []  # no torn checkpoint file (Lightning writes through an fsspec transaction)
-    resumed = subprocess.run(TRAIN + ["--config", str(cfg), "--resume"], capture_output=True, text=True, timeout=900)
+    assert [p.name for p in system_tmp.rglob("*") if p.is_file()] == []
+    resumed = subprocess.run(TRAIN + ["--config", str(cfg), "--resume"], capture_output=True, text=True, timeout=900,
+                             env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last} at step {killed_step}" in resumed.stdout
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
+    # A write the kill interrupted (if it landed in one) is gone after the resumed run.
+    assert [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")] == []
     # ...and the resumed run ends with its evaluation, like an uninterrupted one.
     assert_metrics_of_last_checkpoint(json.loads((tmp_path / "run" / "metrics.json").read_text()), tmp_path / "run",
                                       tmp_path / "cache")

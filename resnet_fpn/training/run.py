@@ -20,6 +20,7 @@ from ..detectors import iou_types_of
 from ..evaluation import format_metrics_table
 from ..files import atomic_write_json
 from ..machine import Machine, auto_channels_last, auto_precision, this_machine
+from .checkpoint_io import AtomicCheckpointIO, remove_partial_checkpoints
 from .config import EMAConfig, TrainConfig, TrainerConfig, TTAConfig
 from .datamodule import DetectionDataModule
 from .module import DetectionModule
@@ -311,6 +312,8 @@ def build_trainer(config: TrainConfig, *, output_dir: Path, history: Optional[Va
             # Our own samplers handle DDP (DistributedSampler inside the aspect-ratio batch sampler).
             use_distributed_sampler=False,
             enable_progress_bar=True,
+            # Checkpoints renamed into place from beside the target, not moved in from /tmp (see checkpoint_io).
+            plugins=[AtomicCheckpointIO()],
         )
     except MisconfigurationException as exc:
         raise ValueError(
@@ -377,6 +380,8 @@ def train(config: TrainConfig, *, resume: Union[bool, str, None] = None) -> Trai
         import yaml
 
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if trainer.is_global_zero:
+        remove_partial_checkpoints(output_dir / "checkpoints")
     if resume_point is not None and trainer.is_global_zero:
         print(f"resuming from {resume_point.path} at step {resume_point.step}", flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point is not None else None)
