@@ -90,8 +90,8 @@ def _resume_point(path: Path) -> ResumePoint:
 def find_resume_checkpoint(output_dir: Union[str, Path], resume: Union[bool, str, None]) -> Optional[ResumePoint]:
     """The checkpoint to resume from, read whole first: a run never starts from a file it cannot read.
 
-    With ``resume=True``: OUTPUT_DIR/checkpoints/last.ckpt. Lightning writes it atomically, but a full disk or
-    an interrupted copy can still leave it truncated; then the newest readable checkpoint of that folder
+    With ``resume=True``: OUTPUT_DIR/checkpoints/last.ckpt. `AtomicCheckpointIO` writes it atomically, but a
+    copy made by hand can still leave it truncated; then the newest readable checkpoint of that folder
     (``best.ckpt``, step-numbered ones) is used instead, with a warning naming the unreadable file and the step
     the run goes back to. When none is readable, the run stops and the message names the files to remove.
 
