@@ -6,21 +6,30 @@
 What it measures, on synthetic COCO-like batches (random images at 800x1333, 1-8 random boxes of random classes
 each, masks filling their boxes; the detector resizes them as torchvision's transform does):
 
-* training images/s: ``build_detector(..., backbone="resnet50-fpn")``, batch 8, bf16 autocast (fp16 where the
-  GPU lacks bf16), channels_last, SGD; ``--warmup`` untimed steps then ``--steps`` timed ones;
-* inference images/s: ``optimize_for_inference(model, dtype=fp16 / bf16, runtime="torch")``, batch 8;
-* peak memory: ``torch.cuda.max_memory_allocated`` of each case.
+* training images/s: ours (``build_detector`` on resnet50-fpn) and torchvision's model with the same weights
+  (built as ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` build it for fine-tuning: FrozenBatchNorm2d,
+  three trainable stages; ``benchmarks.models.reference_models``), batch 8, bf16 autocast (fp16 with a GradScaler
+  where the GPU lacks bf16), channels_last, SGD;
+* inference images/s: ours through ``optimize_for_inference(model, dtype=fp16 / bf16, runtime="torch")``,
+  torchvision's eager under ``torch.autocast`` in the same dtype (what its users run), batch 8;
+* peak memory: ``torch.cuda.max_memory_allocated`` over each side's timed steps, with only that side's model on
+  the GPU (the other is parked on the CPU).
+
+The two sides alternate (``ROUNDS`` rounds, the order reversed each round; ``--warmup`` untimed steps first,
+one after each move back to the GPU, then ``--steps`` timed ones); the median round is reported.
 
 The anchor is NVIDIA's Mask R-CNN reference (DeepLearningExamples PyTorch, 24 img/s training on one A100 with
 AMP); the issue's goal is >= 40 img/s on an H100/H200. The section written names the device, date, versions and
-the command. A dry run uses resnet18-fpn at 64x96, batch 2, one step on the CPU in float32: it proves that the
+the command. A dry run uses resnet18-fpn (torchvision's resnet18 FPN beside it) at 64x96, batch 2, one step on the CPU in float32: it proves that the
 script runs, writes only where --out points (nothing by default) and is part of the test suite.
+On a GPU the defaults (5 warm-up and 20 timed steps, two rounds) are sized for under 8 minutes.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS_REPORT = REPO / "docs" / "benchmarks.md"
 HEADING = "## GPU check"
 MODELS = ("faster_rcnn", "mask_rcnn")
+SIDES = ("torchvision", "ours")
+ROUNDS = 2
 ANCHOR = "NVIDIA DeepLearningExamples Mask R-CNN (PyTorch): 24 img/s training on one A100, AMP"
 
 __all__ = ["GpuCheckSettings", "GpuRow", "synthetic_batch", "run_gpu_check", "format_gpu_section", "main"]
@@ -49,7 +60,7 @@ class GpuCheckSettings:
         batch: images per step.
         warmup: untimed steps (cuDNN autotuning, allocator growth).
         steps: timed steps per case.
-        backbone: the backbone name.
+        arch: torchvision's ResNet name; ours is ``f"{arch}-fpn"``.
         dry_run: tiny CPU run.
     """
 
@@ -58,7 +69,7 @@ class GpuCheckSettings:
     batch: int
     warmup: int
     steps: int
-    backbone: str
+    arch: str
     dry_run: bool
 
     @classmethod
@@ -72,20 +83,25 @@ class GpuCheckSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if dry_run:
-            return cls("cpu", (64, 96), 2, 0, 1, "resnet18-fpn", True)
+            return cls("cpu", (64, 96), 2, 0, 1, "resnet18", True)
         if not torch.cuda.is_available():
             raise ValueError("no CUDA device: the GPU check needs one (use --dry-run to check the script on a CPU)")
-        return cls("cuda", (800, 1333), batch, warmup, steps, "resnet50-fpn", False)
+        return cls("cuda", (800, 1333), batch, warmup, steps, "resnet50", False)
 
 
 @dataclass
 class GpuRow:
-    """One case: model, what ran, images per second, peak memory (GiB; None on the CPU)."""
+    """One case: model, what ran, and per side (`SIDES`) images per second and peak memory (GiB; None on the CPU)."""
 
     model: str
     mode: str
-    images_per_s: float
-    peak_gib: Optional[float]
+    images_per_s: Dict[str, float]
+    peak_gib: Dict[str, Optional[float]]
+
+    @property
+    def speedup(self) -> float:
+        """Ours over torchvision's images per second."""
+        return self.images_per_s["ours"] / self.images_per_s["torchvision"]
 
 
 def synthetic_batch(batch: int, size: Tuple[int, int], *, num_classes: int, masks: bool, device: str,
@@ -129,9 +145,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], object], settings: GpuCheckSettings) -> Tuple[float, Optional[float]]:
-    """(seconds per call after the warm-up, peak GiB) of `fn`."""
-    for _ in range(settings.warmup):
+@dataclass
+class _Side:
+    """One side of a comparison: a call to time, and how to move its model off and back onto the device."""
+
+    run: Callable[[], object]
+    park: Callable[[], None]
+    unpark: Callable[[], None]
+
+
+def _timed(fn: Callable[[], object], settings: GpuCheckSettings, *, warmup: int) -> Tuple[float, Optional[float]]:
+    """(seconds per call after `warmup` untimed calls, peak GiB over the timed ones) of `fn`."""
+    for _ in range(warmup):
         fn()
     _sync(settings.device)
     if settings.device == "cuda":
@@ -143,6 +168,39 @@ def _timed(fn: Callable[[], object], settings: GpuCheckSettings) -> Tuple[float,
     seconds = (time.perf_counter() - start) / settings.steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if settings.device == "cuda" else None
     return seconds, peak
+
+
+def _compare(sides: Dict[str, _Side], settings: GpuCheckSettings) -> Tuple[Dict[str, float], Dict[str, Optional[float]]]:
+    """Images per second (median round) and peak GiB (largest round) of each side, alternating, one on the device."""
+    seconds: Dict[str, List[float]] = {name: [] for name in sides}
+    peaks: Dict[str, List[float]] = {name: [] for name in sides}
+    for round_ in range(ROUNDS):
+        for name in (SIDES if round_ % 2 == 0 else SIDES[::-1]):
+            side = sides[name]
+            side.unpark()
+            # the full warm-up once (autotuning, allocator growth); one call after each later move back
+            took, peak = _timed(side.run, settings, warmup=settings.warmup if round_ == 0 else min(1, settings.warmup))
+            side.park()
+            seconds[name].append(took)
+            if peak is not None:
+                peaks[name].append(peak)
+    rate = {name: settings.batch / statistics.median(values) for name, values in seconds.items()}
+    return rate, {name: (max(values) if values else None) for name, values in peaks.items()}
+
+
+def _parking(settings: GpuCheckSettings, model: nn.Module,
+             optimizer: Optional[torch.optim.Optimizer] = None) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """(park, unpark) for `model`: to the CPU and back to the check's device; on the CPU, nothing to do."""
+    if settings.device == "cpu":
+        return (lambda: None), (lambda: None)
+
+    def park() -> None:
+        model.to("cpu")
+        if optimizer is not None:
+            optimizer.state.clear()  # momentum buffers live on the device; throughput does not need them kept
+        torch.cuda.empty_cache()
+
+    return park, (lambda: model.to(settings.device))
 
 
 def _low_precision(settings: GpuCheckSettings) -> List[torch.dtype]:
@@ -158,62 +216,96 @@ def _train_dtype(settings: GpuCheckSettings) -> Optional[torch.dtype]:
 
 
 def run_gpu_check(settings: GpuCheckSettings, *, log: Callable[[str], None] = print) -> List[GpuRow]:
-    """Training and inference throughput of each model of `MODELS`.
+    """Training and inference throughput of each model of `MODELS`, ours beside torchvision's.
 
     Args:
         settings: sizes and device.
         log: one line per case.
 
     Returns:
-        The rows, training then inference per model.
+        The rows: per model, inference (each precision), then training.
     """
-    from resnet_fpn import build_detector, optimize_for_inference
+    from resnet_fpn import optimize_for_inference
+
+    from .models import reference_models
 
     rows: List[GpuRow] = []
     height, width = settings.size
     if settings.device == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size throughout: autotuned kernels pay off
+    train_dtype = _train_dtype(settings)
     for kind in MODELS:
-        torch.manual_seed(0)
-        model = build_detector(kind, num_classes=91, backbone=settings.backbone, min_size=height,
-                               max_size=width).to(settings.device)
+        theirs, ours = reference_models(kind, size=height, max_size=width, arch=settings.arch)
+        models = {"torchvision": theirs, "ours": ours}
         images, targets = synthetic_batch(settings.batch, settings.size, num_classes=91, masks=kind == "mask_rcnn",
                                           device=settings.device)
-        # Training: channels_last weights, autocast in the low dtype (fp32 in a dry run), SGD as the recipes.
-        model = model.to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-        train_dtype = _train_dtype(settings)
-        scaler = torch.amp.GradScaler(enabled=train_dtype == torch.float16)
-
-        def step() -> None:
-            with torch.autocast(settings.device, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
-                loss = sum(model(images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-        seconds, peak = _timed(step, settings)
-        mode = f"train {'fp32' if train_dtype is None else str(train_dtype).split('.')[-1]} channels_last"
-        rows.append(GpuRow(kind, f"{mode}, batch {settings.batch}", settings.batch / seconds, peak))
-        log(f"{kind} {mode}: {settings.batch / seconds:.1f} img/s")
-        model.eval()
+        # Inference first, while both sides hold the same weights (training steps would part them, and with
+        # them the number of detections the heads go on to process).
         for dtype in _low_precision(settings) or [None]:
-            fast = optimize_for_inference(model, dtype=dtype, runtime="torch")
-
-            def infer() -> None:
-                with torch.inference_mode():
-                    fast(images)
-
-            seconds, peak = _timed(infer, settings)
-            name = "fp32" if dtype is None else str(dtype).split(".")[-1]
-            rows.append(GpuRow(kind, f"inference {name} (optimize_for_inference), batch {settings.batch}",
-                               settings.batch / seconds, peak))
-            log(f"{kind} inference {name}: {settings.batch / seconds:.1f} img/s")
-        del model, optimizer
+            sides: Dict[str, _Side] = {}
+            for name, model in models.items():
+                model.to(settings.device)
+                if name == "ours":
+                    run_model = optimize_for_inference(model, dtype=dtype, runtime="torch")
+                    model.to("cpu")
+                    infer = _inference(run_model, images, settings.device, None)
+                else:
+                    run_model = model
+                    infer = _inference(model, images, settings.device, dtype)
+                sides[name] = _Side(infer, *_parking(settings, run_model))
+                sides[name].park()
+            rate, peak = _compare(sides, settings)
+            mode = (f"inference {_name(dtype)} (ours: optimize_for_inference; torchvision: "
+                    f"{'autocast' if dtype is not None else 'eager'}), batch {settings.batch}")
+            rows.append(GpuRow(kind, mode, rate, peak))
+            log(f"{kind} inference {_name(dtype)}: torchvision {rate['torchvision']:.1f} img/s, "
+                f"ours {rate['ours']:.1f} img/s")
+        # Training, both sides alike: channels_last weights, autocast in the low dtype (fp32 in a dry run), SGD.
+        sides = {}
+        for name, model in models.items():
+            model.to(memory_format=torch.channels_last).train()
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+            sides[name] = _Side(_train_step(model, optimizer, images, targets, settings.device, train_dtype),
+                                *_parking(settings, model, optimizer))
+            sides[name].park()
+        rate, peak = _compare(sides, settings)
+        mode = (f"train {_name(train_dtype)}{'' if train_dtype is None else ' autocast'}, channels_last, "
+                f"batch {settings.batch}")
+        rows.append(GpuRow(kind, mode, rate, peak))
+        log(f"{kind} {mode}: torchvision {rate['torchvision']:.1f} img/s, ours {rate['ours']:.1f} img/s")
+        del theirs, ours, models, sides
         if settings.device == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def _name(dtype: Optional[torch.dtype]) -> str:
+    return "fp32" if dtype is None else {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: List[Tensor],
+                targets: List[Dict[str, Tensor]], device: str, dtype: Optional[torch.dtype]) -> Callable[[], None]:
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def _inference(model: nn.Module, images: List[Tensor], device: str,
+               autocast: Optional[torch.dtype]) -> Callable[[], object]:
+    def infer() -> object:
+        with torch.inference_mode(), torch.autocast(device, dtype=autocast or torch.float32,
+                                                    enabled=autocast is not None):
+            return model(images)
+
+    return infer
 
 
 def format_gpu_section(rows: Sequence[GpuRow], settings: GpuCheckSettings, *, command: str) -> str:
@@ -227,12 +319,16 @@ def format_gpu_section(rows: Sequence[GpuRow], settings: GpuCheckSettings, *, co
              f"- device: {device}", f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
              f"- torch: {torch.__version__} (CUDA {torch.version.cuda}), torchvision: {torchvision.__version__}",
              f"- images: synthetic, {settings.size[0]}x{settings.size[1]}, batch {settings.batch}; "
-             f"{settings.warmup} warm-up steps, {settings.steps} timed; backbone {settings.backbone}",
+             f"{settings.warmup} warm-up steps, {settings.steps} timed, {ROUNDS} rounds alternating; "
+             f"ours {settings.arch}-fpn, torchvision's {settings.arch} FPN with the same weights",
              f"- anchor: {ANCHOR}; goal >= 40 img/s on an H100/H200", "",
-             "| model | mode | images/s | peak memory GiB |", "|---|---|---:|---:|"]
+             "| model | mode | torchvision images/s | ours images/s | ours / torchvision "
+             "| torchvision peak GiB | ours peak GiB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        peak = "" if r.peak_gib is None else f"{r.peak_gib:.1f}"
-        lines.append(f"| {r.model} | {r.mode} | {r.images_per_s:.1f} | {peak} |")
+        peaks = [("" if r.peak_gib[side] is None else f"{r.peak_gib[side]:.1f}") for side in SIDES]
+        lines.append(f"| {r.model} | {r.mode} | {r.images_per_s['torchvision']:.1f} | {r.images_per_s['ours']:.1f} "
+                     f"| {r.speedup:.2f}x | {peaks[0]} | {peaks[1]} |")
     return "\n".join(lines) + "\n"
 
 

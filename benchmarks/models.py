@@ -39,19 +39,22 @@ def randomize_norm_statistics(model: nn.Module, *, seed: int = 0) -> nn.Module:
     return model
 
 
-def reference_models(kind: str, *, size: Optional[int] = None, seed: int = 0) -> Tuple[nn.Module, nn.Module]:
+def reference_models(kind: str, *, size: Optional[int] = None, max_size: Optional[int] = None, arch: str = "resnet50",
+                     seed: int = 0) -> Tuple[nn.Module, nn.Module]:
     """(torchvision's model, ours with the same weights) for "backbone", "faster_rcnn" or "mask_rcnn".
 
     torchvision's model is built the way its ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` build
     it with pretrained weights (FrozenBatchNorm2d, ``trainable_backbone_layers=3``), which is also what
     ``build_detector(weights=...)`` builds (frozen BN, ``freeze_at=2``); weights are random, norm statistics
-    randomised, and its ``state_dict()`` is loaded into ours. Detectors get ``min_size = max_size = size``
-    and a score threshold of 0, and their class logits are scaled up (x8) so that random weights still give
-    spread-out scores (the top 100 detections are then not decided by near-ties).
+    randomised, and its ``state_dict()`` is loaded into ours. Detectors get ``min_size = size``, ``max_size``
+    (default: `size`) and a score threshold of 0, and their class logits are scaled up (x8) so that random
+    weights still give spread-out scores (the top 100 detections are then not decided by near-ties).
 
     Args:
-        kind: "backbone" (resnet50 + FPN), "faster_rcnn" or "mask_rcnn" (R50-FPN, 91 classes).
-        size: detector resize size (required for detectors, ignored for the backbone).
+        kind: "backbone" (ResNet + FPN), "faster_rcnn" or "mask_rcnn" (ResNet-FPN, 91 classes).
+        size: detector resize size, the shorter side (required for detectors, ignored for the backbone).
+        max_size: the detector's longer-side limit (default: `size`).
+        arch: torchvision's ResNet name ("resnet50", or "resnet18" for quick runs); ours is ``f"{arch}-fpn"``.
         seed: seed for weights and statistics.
 
     Returns:
@@ -71,20 +74,21 @@ def reference_models(kind: str, *, size: Optional[int] = None, seed: int = 0) ->
     from resnet_fpn import build_backbone, build_detector
 
     torch.manual_seed(seed)
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+    backbone = resnet_fpn_backbone(backbone_name=arch, weights=None, norm_layer=FrozenBatchNorm2d,
                                    trainable_layers=3)
     if kind == "backbone":
         theirs: nn.Module = backbone
     else:
         cls = FasterRCNN if kind == "faster_rcnn" else MaskRCNN
-        theirs = cls(backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=0.0)
+        theirs = cls(backbone, num_classes=91, min_size=size, max_size=max_size or size, box_score_thresh=0.0)
         with torch.no_grad():
             theirs.roi_heads.box_predictor.cls_score.weight.mul_(8.0)
     randomize_norm_statistics(theirs, seed=seed)
     theirs.eval()
     state = theirs.state_dict()
     if kind == "backbone":
-        ours = build_backbone("resnet50-fpn", weights=state)
+        ours = build_backbone(f"{arch}-fpn", weights=state)
     else:
-        ours = build_detector(kind, num_classes=91, weights=state, min_size=size, max_size=size, score_thresh=0.0)
+        ours = build_detector(kind, num_classes=91, backbone=f"{arch}-fpn", weights=state, min_size=size,
+                              max_size=max_size or size, score_thresh=0.0)
     return theirs, ours.eval()

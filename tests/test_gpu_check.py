@@ -30,9 +30,12 @@ def test_settings_are_checked():
 
 def test_section_goes_in_its_own_block_and_survives_a_benchmark_run():
     settings = GpuCheckSettings.for_run(dry_run=True)
-    section = format_gpu_section([GpuRow("mask_rcnn", "train bf16 channels_last, batch 8", 41.25, 30.5)], settings,
-                                 command="python -m benchmarks.gpu_check")
-    assert section.startswith("## GPU check\n") and "| mask_rcnn | train bf16 channels_last, batch 8 | 41.2 | 30.5 |" in section
+    row = GpuRow("mask_rcnn", "train bf16 channels_last, batch 8", {"torchvision": 33.0, "ours": 41.25},
+                 {"torchvision": 31.04, "ours": 30.5})
+    assert row.speedup == 1.25
+    section = format_gpu_section([row], settings, command="python -m benchmarks.gpu_check")
+    assert section.startswith("## GPU check\n")
+    assert "| mask_rcnn | train bf16 channels_last, batch 8 | 33.0 | 41.2 | 1.25x | 31.0 | 30.5 |" in section
     doc = replace_section("", "## Machine class: AVX2\n\nold\n")
     doc = replace_block(doc, section)
     doc = replace_block(doc + "\n## Scale\n\nscale text\n", section.replace("41.2", "42.0"))
@@ -57,5 +60,11 @@ def test_dry_run_end_to_end(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("## GPU check\n") and "(dry run)" in text
-    rows = [line for line in text.splitlines() if line.startswith("| faster_rcnn") or line.startswith("| mask_rcnn")]
-    assert len(rows) == 4 and all(float(r.split("|")[3]) > 0 for r in rows)
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| faster_rcnn", "| mask_rcnn"))]
+    assert len(rows) == 4  # per model: training, and fp32 inference (the dry run's only precision)
+    for cells in rows:
+        theirs, ours, ratio = float(cells[2]), float(cells[3]), float(cells[4].strip().rstrip("x"))
+        assert theirs > 0 and ours > 0
+        # the ratio of the unrounded rates: within what rounding each rate to 0.1 allows
+        assert (ours - 0.05) / (theirs + 0.05) - 0.005 <= ratio <= (ours + 0.05) / (theirs - 0.05) + 0.005
+        assert cells[5].strip() == cells[6].strip() == ""  # no GPU peak memory on the CPU

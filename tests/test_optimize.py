@@ -2,13 +2,13 @@
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from benchmarks.agreement import max_relative_difference
 from benchmarks.models import randomize_norm_statistics
 from resnet_fpn import build_backbone, build_detector, optimize_for_inference
 from resnet_fpn.deploy import InferenceWrapper, fold_batchnorm, norms_after_convs
-from resnet_fpn.deploy.optimize import _cpu_has_native_bf16
+from resnet_fpn.deploy.optimize import LowPrecisionHead, _cpu_has_native_bf16
 
 
 def _norm_count(model: nn.Module) -> int:
@@ -152,6 +152,58 @@ def test_bf16_is_close(image_batch):
     assert all(v.dtype == torch.float32 for v in out.values())
     # bf16 keeps 8 bits of mantissa (relative rounding 2**-9 per op); over 18 convs a few percent of the range.
     assert max_relative_difference(out, reference) <= 0.05
+
+
+def _bf16_copy(model):
+    if _cpu_has_native_bf16():
+        return optimize_for_inference(model, dtype=torch.bfloat16, runtime="torch")
+    with pytest.warns(UserWarning, match="without native bf16"):
+        return optimize_for_inference(model, dtype=torch.bfloat16, runtime="torch")
+
+
+def test_bf16_detector_runs_its_heads_in_bf16_and_decodes_in_float32():
+    torch.manual_seed(0)
+    detector = build_detector("mask_rcnn", backbone="resnet18-fpn", num_classes=5, norm="frozen_bn",
+                              min_size=128, max_size=160, score_thresh=0.0).eval()
+    randomize_norm_statistics(detector)
+    fast = _bf16_copy(detector)
+    roi = fast.module.roi_heads
+    # Every head torchvision's autocast inference runs in bf16, and nothing else, is wrapped.
+    assert [path for path, m in fast.module.named_modules() if isinstance(m, LowPrecisionHead)] == [
+        "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head", "roi_heads.mask_predictor"]
+    assert isinstance(roi.box_roi_pool, MultiScaleRoIAlign) and roi.has_mask()  # roi_align untouched, found
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = output.dtype  # returns None: the output is left as it is
+        return hook
+
+    hooks = [roi.mask_head.module[0].register_forward_hook(record("mask_conv")),
+             roi.box_head.module.fc6.register_forward_hook(record("fc6"))]
+    image = torch.rand(3, 120, 160, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref, out = detector([image])[0], fast([image])[0]
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"mask_conv": torch.bfloat16, "fc6": torch.bfloat16}
+    assert {k: v.dtype for k, v in out.items()} == {"boxes": torch.float32, "labels": torch.int64,
+                                                     "scores": torch.float32, "masks": torch.float32}
+    assert len(out["boxes"]) > 0 and len(ref["boxes"]) > 0
+
+
+def test_a_low_precision_head_is_the_head_within_bf16_rounding():
+    torch.manual_seed(0)
+    detector = build_detector("mask_rcnn", backbone="resnet18-fpn", num_classes=5, norm="frozen_bn").eval()
+    head = detector.roi_heads.mask_head
+    x = torch.randn(6, 256, 14, 14, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        reference, out = head(x), LowPrecisionHead(head, torch.bfloat16)(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, reference)  # it did run in bf16
+    # 8 bits of mantissa over four 3x3 convs of 2304 inputs each: about a percent of the range
+    assert max_relative_difference({"x": out}, {"x": reference}) <= 0.03
+    wrapped = LowPrecisionHead(detector.roi_heads.box_predictor, torch.bfloat16)
+    assert wrapped.cls_score is detector.roi_heads.box_predictor.cls_score  # attributes of the head show through
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,8 @@ __all__ = [
     "fold_batchnorm",
     "norms_after_convs",
     "InferenceWrapper",
+    "LowPrecisionHead",
+    "DETECTOR_HEADS",
     "model_device",
     "FOLDABLE_NORMS",
     "LOWER_PRECISION_DTYPES",
@@ -212,6 +214,63 @@ def _to_float32(value: Any) -> Any:
     return value
 
 
+# The heads of torchvision's detectors whose convolutions and matmuls run in the low dtype: what torchvision's
+# own autocast inference runs in it, less the box decoding, roi_align and nms between them (see `LowPrecisionHead`).
+DETECTOR_HEADS = ("rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head",
+                  "roi_heads.mask_predictor", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor", "head")
+
+
+class LowPrecisionHead(nn.Module):
+    """A detector head run under ``torch.autocast(dtype)``, its floating outputs widened to float32.
+
+    The head's convolutions and matmuls (the mask head's four 3x3 convs over every detection, the box head's
+    FCs) run in the low dtype; what torchvision does with the outputs (decode boxes, ``roi_align``, ``nms``,
+    paste masks) sees float32. Decoding in bf16 would round a box edge to 2 px at 256-512 px, enough to drop
+    small boxes (detectron2 decodes in float32: ``Box2BoxTransform.apply_deltas``). Attributes other than
+    ``module`` are looked up on the wrapped head.
+
+    Args:
+        module: the head (e.g. ``roi_heads.mask_head``).
+        dtype: the autocast dtype (one of `LOWER_PRECISION_DTYPES`).
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        assert dtype in LOWER_PRECISION_DTYPES, dtype
+        self.module = module
+        self.dtype = dtype
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+    def forward(self, *args: Any) -> Any:
+        """The head's output, computed under autocast, lower-precision tensors cast to float32."""
+        with torch.autocast(device_type=model_device(self.module).type, dtype=self.dtype):
+            out = self.module(*args)
+        return _to_float32(out)
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
+
+def _heads_in_low_precision(detector: nn.Module, dtype: torch.dtype) -> List[str]:
+    """Wrap each of `DETECTOR_HEADS` that `detector` has in a `LowPrecisionHead`, in place; return their paths."""
+    wrapped = []
+    for path in DETECTOR_HEADS:
+        *parents, name = path.split(".")
+        owner: Optional[nn.Module] = detector
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        head = getattr(owner, name, None) if isinstance(owner, nn.Module) else None
+        if isinstance(head, nn.Module) and not isinstance(head, LowPrecisionHead):
+            setattr(owner, name, LowPrecisionHead(head, dtype))
+            wrapped.append(path)
+    return wrapped
+
+
 class InferenceWrapper(nn.Module):
     """An inference copy, called exactly like the model it wraps: channels_last input, autocast, compile.
 
@@ -222,8 +281,9 @@ class InferenceWrapper(nn.Module):
     * A **torchvision detector** (``resnet_fpn.detectors.is_detector``): ``forward(images)`` with ``images`` a
       list of ``(3, H, W)`` tensors returns the list of detection dicts, as the detector in eval mode. The
       options apply where the image tensors meet the convolutions: the detector's ``backbone`` is replaced
-      (in `module`, in place) by an ``InferenceWrapper`` of itself. The transform and the heads
-      (torchvision's ``roi_align``, ``nms``, box coding) run as they are, in float32.
+      (in `module`, in place) by an ``InferenceWrapper`` of itself; with `dtype`, each head of
+      `DETECTOR_HEADS` by a `LowPrecisionHead` (convs and matmuls in `dtype`, outputs float32). The
+      transform, torchvision's ``roi_align``, ``nms``, box coding and mask pasting run in float32.
 
     The wrapped module is ``.module``; other attributes (``out_channels``, ``output_shape()``, ``body``,
     ``transform``, ``roi_heads``...) are looked up on it, so a backbone wrapper stands in for a backbone
@@ -262,6 +322,8 @@ class InferenceWrapper(nn.Module):
         if self.is_detector:
             module.backbone = InferenceWrapper(module.backbone, channels_last=channels_last, dtype=dtype,
                                                compile=compile)
+            if dtype is not None:
+                _heads_in_low_precision(module, dtype)
         self.module = module
         # Kept in a tuple, not as a submodule: the compiled module is `module` again, and registering it
         # would list each tensor twice in state_dict().
@@ -378,8 +440,9 @@ def optimize_for_inference(
     list of detection dicts (for an external runtime the whole detector runs in it: resize, heads and box
     paste included, outputs in original pixels as torch's). For a torch copy (an ``InferenceWrapper``) of a
     detector, norms are folded everywhere and the whole detector is made
-    channels_last, while input conversion, autocast and compile apply to its backbone; the heads run in
-    float32, as torchvision's ``roi_align``, ``nms`` and box coding expect. The optimised model itself is
+    channels_last, while input conversion, autocast and compile apply to its backbone; with `dtype` its
+    heads' convolutions and matmuls run in that dtype too (`LowPrecisionHead`), while ``roi_align``, ``nms``,
+    box decoding and mask pasting see float32, as detectron2 decodes. The optimised model itself is
     ``result.module``.
 
     Limits: the copy is for inference only. The folded norms are gone, so training it (or calling
