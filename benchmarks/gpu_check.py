@@ -231,8 +231,9 @@ def run_gpu_check(settings: GpuCheckSettings, *, log: Callable[[str], None] = pr
 
     rows: List[GpuRow] = []
     height, width = settings.size
-    if settings.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # one input size throughout: autotuned kernels pay off
+    # cudnn.benchmark stays off (torch's default), as detectron2 keeps it: the images have one size, but the mask
+    # head's batch is the number of positive RoIs, new at almost every training step, and each new shape would
+    # be autotuned again inside the timed steps.
     train_dtype = _train_dtype(settings)
     for kind in MODELS:
         theirs, ours = reference_models(kind, size=height, max_size=width, arch=settings.arch)
