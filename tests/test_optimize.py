@@ -9,6 +9,7 @@ from benchmarks.models import randomize_norm_statistics
 from resnet_fpn import build_backbone, build_detector, optimize_for_inference
 from resnet_fpn.deploy import InferenceWrapper, fold_batchnorm, norms_after_convs
 from resnet_fpn.deploy.optimize import LowPrecisionHead, _cpu_has_native_bf16
+from resnet_fpn.detectors import list_detectors
 
 
 def _norm_count(model: nn.Module) -> int:
@@ -190,6 +191,41 @@ def test_bf16_detector_runs_its_heads_in_bf16_and_decodes_in_float32():
     assert {k: v.dtype for k, v in out.items()} == {"boxes": torch.float32, "labels": torch.int64,
                                                      "scores": torch.float32, "masks": torch.float32}
     assert len(out["boxes"]) > 0 and len(ref["boxes"]) > 0
+
+
+# What each detector's bf16 copy runs in bf16 besides the backbone (DETECTOR_HEADS that the model has).
+LOW_PRECISION_HEADS = {
+    "faster_rcnn": ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor"],
+    "faster_rcnn_v2": ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor"],
+    "mask_rcnn": ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head",
+                  "roi_heads.mask_predictor"],
+    "mask_rcnn_v2": ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head",
+                     "roi_heads.mask_predictor"],
+    "keypoint_rcnn": ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.keypoint_head",
+                      "roi_heads.keypoint_predictor"],
+    "retinanet": ["head"],
+    "retinanet_v2": ["head"],
+    "fcos": ["head"],
+}
+
+
+def test_every_detector_has_its_heads_listed():
+    assert sorted(LOW_PRECISION_HEADS) == sorted(list_detectors())
+
+
+@pytest.mark.parametrize("name", sorted(LOW_PRECISION_HEADS))
+def test_every_detector_runs_in_bf16_with_float32_outputs(name):
+    torch.manual_seed(0)
+    options = {"num_classes": 3} if name != "keypoint_rcnn" else {"num_classes": 2, "num_keypoints": 5}
+    detector = build_detector(name, backbone="resnet18-fpn", norm="frozen_bn", min_size=96, max_size=128,
+                              **options).eval()
+    fast = _bf16_copy(detector)
+    assert [p for p, m in fast.module.named_modules() if isinstance(m, LowPrecisionHead)] == LOW_PRECISION_HEADS[name]
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = fast([image])[0]
+    assert out["boxes"].dtype == out["scores"].dtype == torch.float32 and out["boxes"].shape[1] == 4
+    assert all(v.dtype in (torch.float32, torch.int64) for v in out.values())
 
 
 def test_a_low_precision_head_is_the_head_within_bf16_rounding():
