@@ -20,8 +20,9 @@ one after each move back to the GPU, then ``--steps`` timed ones); the median ro
 
 The anchor is NVIDIA's Mask R-CNN reference (DeepLearningExamples PyTorch, 24 img/s training on one A100 with
 AMP); the issue's goal is >= 40 img/s on an H100/H200. The section written names the device, date, versions and
-the command. A dry run uses resnet18-fpn (torchvision's resnet18 FPN beside it) at 64x96, batch 2, one step on the CPU in float32: it proves that the
-script runs, writes only where --out points (nothing by default) and is part of the test suite.
+the command. A dry run uses resnet18-fpn (torchvision's resnet18 FPN beside it) at 64x96, batch 2, one step on
+the CPU in float32: it proves that the script runs, writes only where --out points (nothing by default) and is
+part of the test suite.
 On a GPU the defaults (5 warm-up and 20 timed steps, two rounds) are sized for under 8 minutes.
 """
 from __future__ import annotations
@@ -170,7 +171,8 @@ def _timed(fn: Callable[[], object], settings: GpuCheckSettings, *, warmup: int)
     return seconds, peak
 
 
-def _compare(sides: Dict[str, _Side], settings: GpuCheckSettings) -> Tuple[Dict[str, float], Dict[str, Optional[float]]]:
+def _compare(sides: Dict[str, _Side],
+             settings: GpuCheckSettings) -> Tuple[Dict[str, float], Dict[str, Optional[float]]]:
     """Images per second (median round) and peak GiB (largest round) of each side, alternating, one on the device."""
     seconds: Dict[str, List[float]] = {name: [] for name in sides}
     peaks: Dict[str, List[float]] = {name: [] for name in sides}
