@@ -125,11 +125,12 @@ def benchmark_backbone(settings: BenchmarkSettings, *, bf16: bool = False) -> Tu
     return rows, skipped
 
 
-def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], List[str]]:
+def benchmark_detector(settings: BenchmarkSettings, *, bf16: bool = False) -> Tuple[List[TimingRow], List[str]]:
     """Faster R-CNN R50-FPN inference on one ``settings.inference_size`` image (eval, score threshold 0).
 
     Args:
         settings: sizes, repeats, threads.
+        bf16: the bf16 rows instead (see `_detector_bf16`).
 
     Returns:
         ``(rows, skipped)``: rows "detector fp32": ours eager, ``optimize_for_inference(ours, runtime="torch")``,
@@ -138,9 +139,10 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
         (``agreement.compare_detections``).
     """
     height, width = settings.inference_size
-    theirs, ours = reference_models("faster_rcnn", size=min(height, width))
-    theirs.transform.max_size = ours.transform.max_size = max(height, width)
+    theirs, ours = reference_models("faster_rcnn", size=min(height, width), max_size=max(height, width))
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(2))
+    if bf16:
+        return _detector_bf16(settings, theirs, ours, image)
     fast = resnet_fpn.optimize_for_inference(ours, runtime="torch")
     default = _default_copy(ours)
     peers, skipped = load_peers(ours)
@@ -173,4 +175,53 @@ def benchmark_detector(settings: BenchmarkSettings) -> Tuple[List[TimingRow], Li
                                                "dynamic=True)), one image per call")
              for p in peers]
     rows.append(ceiling_row("detector fp32", model, times["theirs"], macs, times["matmul"]))
+    return rows, skipped
+
+
+def _detector_bf16(settings: BenchmarkSettings, theirs: torch.nn.Module, ours: torch.nn.Module,
+                   image: torch.Tensor) -> Tuple[List[TimingRow], List[str]]:
+    """Rows "detector bf16", all against torchvision's float32 eager call: torchvision under bf16 autocast (what
+    its users run), ``optimize_for_inference(ours, dtype=torch.bfloat16, runtime="torch")``, the bf16 default
+    and the bf16 peers (OpenVINO; ONNX Runtime has no bf16 CPU kernels); box differences from float32."""
+    height, width = image.shape[-2:]
+    slow = onednn_native_bf16() is not True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the no-native-bf16 warning: the note says so
+        fast = resnet_fpn.optimize_for_inference(ours, dtype=torch.bfloat16, runtime="torch")
+    default = _default_copy(ours, dtype=torch.bfloat16)
+    peers, skipped = load_peers(ours, bf16=True)
+
+    def autocast_theirs():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return theirs([image])
+
+    with torch.inference_mode():
+        default([image])
+        candidates = {"theirs": lambda: theirs([image]), "autocast": autocast_theirs, "ours": lambda: fast([image]),
+                      "default": lambda: default([image])}
+        candidates.update({p.name: (lambda p=p: p(image)) for p in peers})
+        repeats = settings.repeats_for(slow=slow)
+        times = time_alternating(candidates, repeats=repeats, num_threads=settings.threads,
+                                 label=f"detector {height}x{width} bf16")
+        reference = theirs([image])[0]
+        diffs = {"autocast": compare_detections(autocast_theirs()[0], reference),
+                 "ours": compare_detections(fast([image])[0], reference),
+                 "default": compare_detections(default([image])[0], reference)}
+        diffs.update({p.name: compare_detections(peer_outputs(p, image), reference) for p in peers})
+    model = "torchvision fasterrcnn_resnet50_fpn fp32"
+    slow_note = f"; no native bf16 kernels in oneDNN here, {repeats} timed runs" if slow else ""
+    rows = [
+        TimingRow("detector bf16", model, "torchvision bf16 autocast", times["theirs"], times["autocast"],
+                  diffs["autocast"][0], _BOX_DIFF, diffs["autocast"][1] + "; torch.autocast('cpu', torch.bfloat16)"
+                  + slow_note),
+        TimingRow("detector bf16", model, "ours optimized bf16, torch", times["theirs"], times["ours"],
+                  diffs["ours"][0], _BOX_DIFF, diffs["ours"][1] + "; optimize_for_inference(model, "
+                  "dtype=torch.bfloat16, runtime='torch')" + slow_note),
+        TimingRow("detector bf16", model, f"{DEFAULT_LABEL} bf16 ({default.runtime})", times["theirs"],
+                  times["default"], diffs["default"][0], _BOX_DIFF,
+                  f"{diffs['default'][1]}; optimize_for_inference(model, dtype=torch.bfloat16): {default.choice}"),
+    ]
+    rows += [TimingRow("detector bf16", model, PEER_PREFIX + p.name, times["theirs"], times[p.name],
+                       diffs[p.name][0], _BOX_DIFF, diffs[p.name][1] + "; the whole detector's ONNX file, bf16 "
+                       "inference precision, one image per call") for p in peers]
     return rows, skipped

@@ -41,9 +41,10 @@ def run_benchmarks(settings: BenchmarkSettings, *, command: str,
     result = RunResult(machine=machine_info(settings.threads, command), sizes=sizes)
     for case in settings.cases:
         start = time.perf_counter()
-        if case in ("backbone", "backbone_bf16", "detector"):
-            rows, skipped = (benchmark_detector(settings) if case == "detector"
-                             else benchmark_backbone(settings, bf16=case == "backbone_bf16"))
+        if case in ("backbone", "backbone_bf16", "detector", "detector_bf16"):
+            bf16 = case.endswith("_bf16")
+            rows, skipped = (benchmark_detector(settings, bf16=bf16) if case.startswith("detector")
+                             else benchmark_backbone(settings, bf16=bf16))
             result.timings += rows
             result.skipped += [f"{case}: peer {line}" for line in skipped]
         elif case in ("train_faster_rcnn", "train_mask_rcnn"):

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 __all__ = ["CASES", "MEMORY_CASES", "BenchmarkSettings"]
 
-CASES = ("backbone", "backbone_bf16", "detector", "train_faster_rcnn", "train_mask_rcnn", "memory", "evaluator")
+CASES = ("backbone", "backbone_bf16", "detector", "detector_bf16", "train_faster_rcnn", "train_mask_rcnn", "memory", "evaluator")
 MEMORY_CASES = ("backbone", "detector", "train_faster_rcnn", "train_mask_rcnn")
 
 

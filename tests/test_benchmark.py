@@ -281,3 +281,21 @@ def test_ceiling_row_is_the_mac_count_at_the_measured_matmul_rate():
         ceiling_row("backbone fp32", "tv", [], 10, [0.1])
     with pytest.raises(ValueError, match="positive int, got 0"):
         matmul_candidate(0)
+
+
+@pytest.mark.slow
+def test_detector_bf16_case_times_torchvisions_autocast_ours_and_the_bf16_peers():
+    from benchmarks.inference import benchmark_detector
+    from resnet_fpn.deploy.runtimes import runtime_available
+
+    rows, skipped = benchmark_detector(BenchmarkSettings(quick=True, repeats=1), bf16=True)
+    expected = ["torchvision bf16 autocast", "ours optimized bf16, torch", "ours default bf16 (torch)"]
+    if runtime_available("openvino"):
+        expected.append(next(r.ours for r in rows if r.ours.startswith("peer: openvino")))
+    assert [r.ours for r in rows] == expected
+    assert all(r.case == "detector bf16" and r.reference == "torchvision fasterrcnn_resnet50_fpn fp32" for r in rows)
+    assert all(r.speedup > 0 and r.diff_kind == "max abs box diff, px" for r in rows)
+    # every row is measured against the same float32 call
+    assert len({tuple(r.reference_times) for r in rows}) == 1
+    if runtime_available("onnxruntime"):
+        assert skipped == ["onnxruntime: no bf16 CPU kernels offered (bf16 row skipped)"]
