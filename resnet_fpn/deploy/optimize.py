@@ -18,6 +18,7 @@ flow) are searched child by child.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
@@ -198,7 +199,8 @@ def model_device(model: nn.Module) -> torch.device:
     Returns:
         That device.
     """
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    # Lazily: `LowPrecisionHead` asks on every call, and only the first tensor is needed.
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
